@@ -1,0 +1,181 @@
+"""The agent's state: jobs, one FIFO worker, the cache, and what the device is.
+
+Measurement is the scarce resource, so exactly one worker thread measures at a time, in the order
+jobs arrived; HTTP threads only enqueue and read. Results already measured for the same
+(model, spec, backend version, device) answer at once from the cache without queueing.
+"""
+
+import collections
+import copy
+import queue
+import threading
+import time
+import uuid
+
+from . import API_VERSION, __version__, errors, telemetry
+from .backends import load_backend_class
+from .cache import engine_key, result_key
+
+
+class Job(object):
+    def __init__(self, model_sha, spec):
+        self.id = uuid.uuid4().hex
+        self.model_sha = model_sha
+        self.spec = spec
+        self.state = "queued"
+        self.created_at = time.time()
+        self.started_at = None
+        self.finished_at = None
+        self.result = None
+        self.done = threading.Event()
+
+    def finish(self, result):
+        self.result = result
+        self.finished_at = time.time()
+        self.state = "done"
+        self.done.set()
+
+    def to_dict(self, queue_position=None):
+        data = {
+            "job_id": self.id,
+            "state": self.state,
+            "model_sha256": self.model_sha,
+            "spec": self.spec.to_dict(),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+        if queue_position is not None:
+            data["queue_position"] = queue_position
+        if self.result is not None:
+            data["result"] = self.result
+        return data
+
+
+class Agent(object):
+    def __init__(self, backend_name, backend_target, cache, job_process, keep_jobs=1000):
+        self.backend_name = backend_name
+        self.backend = load_backend_class(backend_target)()
+        self.backend_version = self.backend.version()
+        self.cache = cache
+        self.job_process = job_process
+        self.device = telemetry.device_name()
+        self._keep_jobs = keep_jobs
+        self._jobs = collections.OrderedDict()
+        self._pending = []  # ids in FIFO order, for queue positions
+        self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._running = None
+        self._finished = 0
+        self._worker = threading.Thread(target=self._work, name="measure-worker")
+        self._worker.daemon = True
+        self._worker.start()
+
+    # -- queries ---------------------------------------------------------------------------
+    def info(self):
+        snapshot = telemetry.snapshot()
+        with self._lock:
+            queued, running, finished = len(self._pending), self._running, self._finished
+        return {
+            "agent_version": __version__,
+            "api_version": API_VERSION,
+            "device": {"name": self.device, "jetson": telemetry.is_jetson()},
+            "backend": {"name": self.backend.name, "version": self.backend_version},
+            "precisions": self.backend.precisions(),
+            "power_mode": snapshot.get("power_mode"),
+            "jetson_clocks": snapshot.get("jetson_clocks"),
+            "clocks_mhz": snapshot.get("clocks_mhz"),
+            "temperatures_c": snapshot.get("temperatures_c"),
+            "queue_length": queued,
+            "running_job": running,
+            "jobs_finished": finished,
+            "cache": {"bytes": self.cache.size_bytes(), "max_bytes": self.cache.max_bytes},
+            "limits": {
+                "build_timeout_s": self.job_process.build_timeout_s,
+                "run_timeout_s": self.job_process.run_timeout_s,
+            },
+        }
+
+    def get(self, job_id):
+        with self._lock:
+            job = self._jobs.get(job_id)
+            position = self._pending.index(job_id) + 1 if job_id in self._pending else None
+        return job, position
+
+    # -- submission ------------------------------------------------------------------------
+    def submit(self, model_sha, spec):
+        job = Job(model_sha, spec)
+        immediate = self._immediate_result(model_sha, spec)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._forget_old()
+            if immediate is None:
+                self._pending.append(job.id)
+        if immediate is None:
+            self._queue.put(job)
+        else:
+            job.started_at = time.time()
+            job.finish(immediate)
+        return job
+
+    def _immediate_result(self, model_sha, spec):
+        """A result known without measuring: a precision this device lacks, or one cached."""
+        supported = self.backend.precisions()
+        if spec.precision not in supported:
+            return {
+                "status": errors.UNSUPPORTED_PRECISION,
+                "message": "precision %s is not supported by %s on %s (supported: %s)"
+                % (spec.precision, self.backend.name, self.device, ", ".join(supported)),
+                "cache": {"result_hit": False, "engine_hit": False},
+            }
+        cached = self.cache.get_result(
+            result_key(model_sha, spec, self.backend_version, self.device)
+        )
+        if cached is not None:
+            cached["cache"] = dict(cached["cache"], result_hit=True)
+        return cached
+
+    def _forget_old(self):
+        while len(self._jobs) > self._keep_jobs:
+            oldest_id, oldest = next(iter(self._jobs.items()))
+            if oldest.state != "done":
+                break
+            del self._jobs[oldest_id]
+
+    # -- the one worker --------------------------------------------------------------------
+    def _work(self):
+        while True:
+            job = self._queue.get()
+            with self._lock:
+                self._pending.remove(job.id)
+                self._running = job.id
+            job.state = "running"
+            job.started_at = time.time()
+            try:
+                result = self._measure(job)
+            except Exception as exc:  # the worker must survive anything
+                result = {"status": errors.INFRA_ERROR, "message": "agent error: %s" % exc}
+            job.finish(result)
+            with self._lock:
+                self._running = None
+                self._finished += 1
+
+    def _measure(self, job):
+        spec = job.spec
+        model_path = self.cache.model_path(job.model_sha)
+        engine_path = self.cache.engine_path(
+            engine_key(job.model_sha, spec, self.backend_version, self.device)
+        )
+        self.cache.evict(protect=(model_path, engine_path))
+        result = self.job_process.run(model_path, engine_path, spec.to_dict())
+        result["device"] = self.device
+        result["model_sha256"] = job.model_sha
+        result["measured_at"] = time.time()
+        result["cache"] = {
+            "result_hit": False,
+            "engine_hit": bool((result.get("build") or {}).get("engine_cache_hit")),
+        }
+        if result.get("status") == errors.OK:
+            key = result_key(job.model_sha, spec, self.backend_version, self.device)
+            self.cache.put_result(key, copy.deepcopy(result))
+        return result

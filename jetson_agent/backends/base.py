@@ -1,0 +1,95 @@
+"""The one small interface every measuring backend implements.
+
+A job runs in its own subprocess (see ``jetson_agent.job``), which calls, in order:
+``Backend()`` → ``prepare(model_path, model, spec, engine_path)`` → ``Session.time(...)`` once per
+repeat → ``Session.close()``. ``prepare`` is the *build* phase (engine build or session creation,
+under the build timeout); ``time`` is the *run* phase (under the run timeout). Backends raise the
+typed errors of ``jetson_agent.errors``; they never print to stdout, which carries the phase
+protocol between the job process and the agent.
+"""
+
+
+class ModelInputs(object):
+    """What the agent learned about the model's inputs before building it."""
+
+    def __init__(self, inputs, opset=None):
+        # inputs: list of (name, shape, onnx elem_type); a dim is an int or None when dynamic.
+        self.inputs = inputs  # type: List[Tuple[str, List[Optional[int]], int]]
+        self.opset = opset  # type: Optional[int]
+
+    def resolved_shapes(self, spec):
+        # type: (...) -> Dict[str, List[int]]
+        """Concrete input shapes for a spec: its explicit shapes, else the model's own with
+        dynamic dims set to the batch size (first dim) or 1."""
+        shapes = {}
+        for index, (name, shape, _elem) in enumerate(self.inputs):
+            explicit = spec.input_shapes.get(name)
+            if explicit is None and index == 0 and spec.input_shape is not None:
+                explicit = spec.input_shape
+            if explicit is not None:
+                shapes[name] = list(explicit)
+                continue
+            resolved = []
+            for axis, dim in enumerate(shape):
+                if dim is None or dim <= 0:
+                    resolved.append(spec.batch_size if axis == 0 else 1)
+                else:
+                    resolved.append(dim)
+            if resolved and spec.batch_size != 1 and shape and shape[0] is None:
+                resolved[0] = spec.batch_size
+            shapes[name] = resolved
+        return shapes
+
+
+class BuildInfo(object):
+    """How the model was made ready: time spent, whether a cached engine was reused, and the
+    exact command or settings so a user can reproduce the measurement by hand."""
+
+    def __init__(self, build_time_s, engine_cache_hit, command):
+        self.build_time_s = build_time_s  # type: float
+        self.engine_cache_hit = engine_cache_hit  # type: bool
+        self.command = command  # type: str
+
+
+class Session(object):
+    """A model made ready to run on the device."""
+
+    def time(self, warmup, iterations, duration_s):
+        # type: (int, Optional[int], Optional[float]) -> List[float]
+        """Run ``warmup`` untimed iterations, then time either ``iterations`` runs or as many as
+        fit in ``duration_s`` seconds. Returns one latency per timed iteration, in
+        milliseconds, in the order they ran."""
+        raise NotImplementedError
+
+    def close(self):
+        # type: () -> None
+        """Release device memory; called once, even after a failed ``time``."""
+
+
+class Backend(object):
+    """A way of running ONNX models on this device (onnxruntime, trtexec, TensorRT)."""
+
+    name = ""  # type: str
+
+    @classmethod
+    def available(cls):
+        # type: () -> bool
+        """Whether this backend's runtime is installed here (cheap; used by ``--backend auto``)."""
+        raise NotImplementedError
+
+    def version(self):
+        # type: () -> str
+        """The runtime's version; part of every cache key."""
+        raise NotImplementedError
+
+    def precisions(self):
+        # type: () -> List[str]
+        """Precisions this backend really runs on this device, a subset of fp32, fp16, int8.
+        Never claims one the hardware lacks (fp16 on a CPU, int8 on a Jetson Nano)."""
+        raise NotImplementedError
+
+    def prepare(self, model_path, model, spec, engine_path):
+        # type: (str, ModelInputs, object, str) -> Tuple[Session, BuildInfo]
+        """Build phase. ``engine_path`` is where a built engine may be saved and, when it already
+        exists, loaded from (the agent keys it by model, spec, backend version and device)."""
+        raise NotImplementedError

@@ -1,0 +1,173 @@
+"""One measurement job, run in its own process: ``python -m jetson_agent.job REQUEST.json``.
+
+Isolation is the point: a model that hangs the runtime, crashes it or eats the device's memory
+takes down this process only; the agent (``supervisor.py``) enforces the build and run timeouts
+from the phase lines this process prints, kills it when needed and keeps serving.
+
+Protocol: the real stdout is kept on a private descriptor that carries only ``PHASE <name>``
+lines (``validate``, ``build``, ``run``, ``done``); file descriptor 1 is pointed at stderr so
+that native libraries printing to stdout cannot corrupt the protocol. The result is written as
+JSON to the request's ``result_path``.
+"""
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+from . import errors, telemetry
+from .backends import load_backend_class
+from .model_check import INT8_OPS, inspect_model
+from .spec import MeasureSpec
+from .stats import summarize
+
+
+class _Phases(object):
+    def __init__(self):
+        self._out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        self.current = None
+
+    def enter(self, name):
+        self.current = name
+        self._out.write("PHASE %s\n" % name)
+        self._out.flush()
+
+
+def _peak_memory_mb():
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0  # Linux reports KiB
+
+
+def _limit_memory(limit_mb):
+    if limit_mb:
+        limit = int(limit_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _attempt(session, spec, monitor):
+    """One measurement attempt: ``spec.repeats`` timed runs, with power sampled around them."""
+    before = telemetry.snapshot()
+    idle_mw = monitor.idle_power_mw(1.0) if monitor else None
+    if monitor:
+        monitor.start()
+    runs = []
+    window_start = time.monotonic()
+    for _ in range(spec.repeats):
+        runs.append(session.time(spec.warmup, spec.iterations, spec.duration_s))
+    window_end = time.monotonic()
+    power = None
+    if monitor:
+        inferences = sum(len(r) for r in runs) + spec.warmup * spec.repeats
+        power = telemetry.energy_report(
+            monitor.stop(), window_start, window_end, idle_mw, inferences
+        )
+    after = telemetry.snapshot()
+    samples = [x for run in runs for x in run]
+    return {
+        "latency_ms": summarize(samples),
+        "repeats": [summarize(run) for run in runs],
+        "samples_ms": runs,
+        "power": power,
+        "telemetry": {"before": before, "after": after},
+    }
+
+
+def _remeasure_reason(attempt, spec):
+    cv = attempt["latency_ms"]["cv"]
+    if cv > spec.cv_threshold:
+        return "cv %.3f > %.3f" % (cv, spec.cv_threshold)
+    if telemetry.clocks_dropped(attempt["telemetry"]["before"], attempt["telemetry"]["after"]):
+        return "gpu clock dropped during the measurement"
+    return None
+
+
+def measure(request, phases):
+    spec = MeasureSpec.from_dict(request["spec"])
+    phases.enter("validate")
+    model, op_types = inspect_model(request["model_path"])
+    backend = load_backend_class(request["backend_target"])()
+    if (
+        spec.precision == "int8"
+        and backend.name == "onnxruntime"
+        and op_types is not None
+        and not (op_types & INT8_OPS)
+    ):
+        raise errors.UnsupportedPrecision(
+            "int8 was asked but the model carries no quantization operators; onnxruntime runs "
+            "a model at the precision it is stored in: quantize it first (QDQ, e.g. with NNCF)"
+        )
+    phases.enter("build")
+    session, build = backend.prepare(request["model_path"], model, spec, request["engine_path"])
+    try:
+        phases.enter("run")
+        monitor = telemetry.PowerMonitor.detect()
+        first = _attempt(session, spec, monitor)
+        reason = _remeasure_reason(first, spec)
+        final, earlier = first, None
+        if reason:
+            second = _attempt(session, spec, monitor)
+            # Report the steadier attempt and keep the other, so nothing measured is hidden.
+            if second["latency_ms"]["cv"] <= first["latency_ms"]["cv"]:
+                final, earlier = second, first
+            else:
+                final, earlier = first, second
+    finally:
+        session.close()
+    phases.enter("done")
+    result = dict(final)
+    result.update(
+        {
+            "status": errors.OK,
+            "message": "",
+            "remeasured": reason is not None,
+            "remeasure_reason": reason,
+            "other_attempt": earlier,
+            "stable": final["latency_ms"]["cv"] <= spec.cv_threshold,
+            "build": {
+                "time_s": build.build_time_s,
+                "engine_cache_hit": build.engine_cache_hit,
+                "command": build.command,
+            },
+            "peak_memory_mb": _peak_memory_mb(),
+            "backend": {"name": backend.name, "version": backend.version()},
+            "model": {
+                "opset": model.opset if model else None,
+                "inputs": model.resolved_shapes(spec) if model else None,
+            },
+        }
+    )
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as handle:
+        request = json.load(handle)
+    phases = _Phases()
+    try:
+        _limit_memory(request.get("memory_limit_mb"))
+        result = measure(request, phases)
+    except errors.JobError as exc:
+        result = {"status": exc.status, "message": exc.message}
+    except MemoryError:
+        result = {"status": errors.OUT_OF_MEMORY, "message": "the job ran out of memory"}
+    except Exception as exc:
+        result = {
+            "status": errors.INFRA_ERROR,
+            "message": "%s: %s" % (type(exc).__name__, exc),
+            "traceback": traceback.format_exc(),
+        }
+    result["phase"] = phases.current
+    tmp = request["result_path"] + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(result, handle)
+    os.rename(tmp, request["result_path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

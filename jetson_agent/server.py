@@ -1,0 +1,230 @@
+"""HTTP/JSON API v1 of the agent (standard library ``http.server``; see ``openapi.py``).
+
+Request handling stays thin: authenticate, bound and parse the request, hand it to
+:class:`~jetson_agent.agent.Agent`, answer JSON. Every error is a JSON body
+``{"error": {"code": ..., "message": ...}}`` with a fitting status; nothing received is
+unpickled, and no request value ever becomes a path on disk.
+"""
+
+import hmac
+import json
+import logging
+import re
+import socketserver
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from . import __version__, multipart
+from .cache import is_sha256
+from .errors import SpecError
+from .openapi import openapi_document
+from .spec import MeasureSpec
+
+log = logging.getLogger("jetson_agent")
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_WAIT_S = 30.0
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status, code, message, headers=None):
+        super(HttpError, self).__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class AgentHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, agent, token=None, max_upload_bytes=256 * 1024 * 1024):
+        self.agent = agent
+        self.token = token
+        self.max_upload_bytes = max_upload_bytes
+        HTTPServer.__init__(self, address, AgentHandler)
+
+
+class AgentHandler(BaseHTTPRequestHandler):
+    server_version = "jetson-agent/" + __version__
+    timeout = 120  # a stalled client cannot hold a thread forever
+
+    # -- plumbing --------------------------------------------------------------------------
+    def log_message(self, format, *args):
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status, payload=None, headers=None):
+        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _dispatch(self, routes):
+        try:
+            path = urlsplit(self.path).path
+            for pattern, handler, public in routes:
+                match = re.match(pattern, path)
+                if match:
+                    if not public:
+                        self._authenticate()
+                    handler(*match.groups())
+                    return
+            raise HttpError(404, "not_found", "no such endpoint: %s %s" % (self.command, path))
+        except HttpError as exc:
+            self._send(
+                exc.status, {"error": {"code": exc.code, "message": exc.message}}, exc.headers
+            )
+        except Exception as exc:  # a bug in one request must not take the agent down
+            log.exception("request failed")
+            self._send(500, {"error": {"code": "internal", "message": str(exc)}})
+
+    def _authenticate(self):
+        token = self.server.token
+        if token is None:
+            return
+        header = self.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+            raise HttpError(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="jetson-agent"'},
+            )
+
+    def _read_body(self):
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise HttpError(411, "length_required", "send a Content-Length header")
+        try:
+            length = int(length)
+        except ValueError:
+            raise HttpError(400, "bad_request", "Content-Length is not a number") from None
+        if length > self.server.max_upload_bytes:
+            self._discard(length)
+            self.close_connection = True
+            raise HttpError(
+                413,
+                "payload_too_large",
+                "upload of %d bytes exceeds the agent's limit of %d bytes (--max-upload-mb)"
+                % (length, self.server.max_upload_bytes),
+                {"Connection": "close"},
+            )
+        return self.rfile.read(length)
+
+    def _discard(self, length):
+        """Read (and drop) a modest refused body so the client can read our 413 instead of a
+        reset connection; larger bodies are cut off by closing the connection."""
+        remaining = length if length <= DRAIN_LIMIT_BYTES else 0
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    # -- routes ----------------------------------------------------------------------------
+    def do_GET(self):
+        self._dispatch(
+            [
+                (r"^/v1/openapi\.json$", self._openapi, True),
+                (r"^/v1/info$", self._info, False),
+                (r"^/v1/jobs/([^/]*)$", self._job, False),
+            ]
+        )
+
+    def do_POST(self):
+        self._dispatch([(r"^/v1/jobs$", self._submit, False)])
+
+    def do_HEAD(self):
+        self._dispatch([(r"^/v1/models/([^/]*)$", self._has_model, False)])
+
+    def _openapi(self):
+        self._send(200, openapi_document())
+
+    def _info(self):
+        info = self.server.agent.info()
+        info["limits"]["max_upload_bytes"] = self.server.max_upload_bytes
+        info["auth"] = self.server.token is not None
+        self._send(200, info)
+
+    def _has_model(self, sha):
+        if not is_sha256(sha):
+            raise HttpError(400, "bad_request", "a model id is a lowercase sha256 hex digest")
+        if not self.server.agent.cache.has_model(sha):
+            raise HttpError(404, "unknown_model", "no model with that sha256")
+        self._send(200)
+
+    def _job(self, job_id):
+        if not _JOB_ID.match(job_id):
+            raise HttpError(404, "unknown_job", "no job with id %r" % job_id[:80])
+        job, position = self.server.agent.get(job_id)
+        if job is None:
+            raise HttpError(404, "unknown_job", "no job with id %s" % job_id)
+        wait = parse_qs(urlsplit(self.path).query).get("wait")
+        if wait:
+            try:
+                seconds = min(max(float(wait[0]), 0.0), MAX_WAIT_S)
+            except ValueError:
+                raise HttpError(400, "bad_request", "wait must be a number of seconds") from None
+            job.done.wait(seconds)
+            job, position = self.server.agent.get(job_id)
+        self._send(200, job.to_dict(position))
+
+    def _submit(self):
+        ctype = self.headers.get("Content-Type", "")
+        body = self._read_body()
+        agent = self.server.agent
+        if ctype.startswith("multipart/form-data"):
+            try:
+                fields = multipart.parse(body, multipart.boundary_of(ctype))
+            except multipart.MultipartError as exc:
+                raise HttpError(400, "bad_request", str(exc)) from exc
+            if "spec" not in fields or "model" not in fields:
+                raise HttpError(
+                    400, "bad_request", "multipart fields 'spec' and 'model' are required"
+                )
+            spec = self._spec(self._json(fields["spec"], "the spec field"))
+            sha = agent.cache.put_model(fields["model"])
+        elif ctype.startswith("application/json"):
+            payload = self._json(body, "the request body")
+            if not isinstance(payload, dict):
+                raise HttpError(400, "bad_request", "the request body must be a JSON object")
+            sha = payload.get("model_sha256")
+            if not isinstance(sha, str) or not is_sha256(sha):
+                raise HttpError(400, "bad_request", "model_sha256 must be a sha256 hex digest")
+            if not agent.cache.has_model(sha):
+                raise HttpError(404, "unknown_model", "no model with that sha256: upload it")
+            spec = self._spec(payload.get("spec", {}))
+        else:
+            raise HttpError(
+                415,
+                "unsupported_media_type",
+                "send multipart/form-data (spec + model) or application/json (spec + model_sha256)",
+            )
+        job = agent.submit(sha, spec)
+        self._send(
+            202,
+            {"job_id": job.id, "state": job.state, "model_sha256": sha},
+            {"Location": "/v1/jobs/" + job.id},
+        )
+
+    @staticmethod
+    def _json(raw, what):
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HttpError(400, "bad_json", "%s is not valid JSON: %s" % (what, exc)) from exc
+
+    @staticmethod
+    def _spec(data):
+        try:
+            return MeasureSpec.from_dict(data)
+        except SpecError as exc:
+            raise HttpError(400, "bad_spec", str(exc)) from exc

@@ -1,0 +1,182 @@
+"""Run one job in a subprocess and turn whatever happens to it into a typed result.
+
+The agent must outlive every candidate: the job process gets its own session (process group) so
+a timeout kills it together with anything it spawned (trtexec, tegrastats), and a process that
+dies without writing a result is classified from how it died.
+"""
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from . import errors
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_phases(stream, lines):
+    for line in iter(stream.readline, ""):
+        if line.startswith("PHASE "):
+            lines.put((line[6:].strip(), time.monotonic()))
+    lines.put((None, time.monotonic()))
+
+
+def _tail(path, limit=2000):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
+
+
+class JobProcess(object):
+    """Runs jobs with the agent's build/run time limits and optional address-space cap."""
+
+    def __init__(self, backend_target, build_timeout_s, run_timeout_s, memory_limit_mb=None):
+        self.backend_target = backend_target
+        self.build_timeout_s = build_timeout_s
+        self.run_timeout_s = run_timeout_s
+        self.memory_limit_mb = memory_limit_mb
+
+    def _limits(self, spec):
+        build = min(spec.get("build_timeout_s") or self.build_timeout_s, self.build_timeout_s)
+        run = min(spec.get("run_timeout_s") or self.run_timeout_s, self.run_timeout_s)
+        return build, run
+
+    def run(self, model_path, engine_path, spec):
+        """Measure ``model_path`` with ``spec`` (a dict already validated by MeasureSpec)."""
+        work = tempfile.mkdtemp(prefix="jetson-agent-job-")
+        try:
+            return self._run_in(work, model_path, engine_path, spec)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run_in(self, work, model_path, engine_path, spec):
+        request_path = os.path.join(work, "request.json")
+        result_path = os.path.join(work, "result.json")
+        stderr_path = os.path.join(work, "stderr.log")
+        with open(request_path, "w") as handle:
+            json.dump(
+                {
+                    "model_path": model_path,
+                    "engine_path": engine_path,
+                    "spec": spec,
+                    "backend_target": self.backend_target,
+                    "result_path": result_path,
+                    "memory_limit_mb": self.memory_limit_mb,
+                },
+                handle,
+            )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
+        )
+        build_limit, run_limit = self._limits(spec)
+        with open(stderr_path, "w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "jetson_agent.job", request_path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                universal_newlines=True,
+                start_new_session=True,
+                env=env,
+            )
+        lines = queue.Queue()
+        reader = threading.Thread(target=_read_phases, args=(proc.stdout, lines))
+        reader.daemon = True
+        reader.start()
+        phase, timed_out = self._watch(proc, lines, build_limit, run_limit)
+        proc.wait()
+        reader.join(5)
+        proc.stdout.close()
+        if timed_out:
+            status, limit = (
+                (errors.RUN_TIMEOUT, run_limit)
+                if phase == "run"
+                else (errors.BUILD_TIMEOUT, build_limit)
+            )
+            return {
+                "status": status,
+                "message": "the %s phase did not finish within %g s; the job was killed"
+                % ("run" if phase == "run" else "build", limit),
+                "phase": phase,
+            }
+        if os.path.exists(result_path):
+            with open(result_path) as handle:
+                return json.load(handle)
+        return self._died(proc.returncode, phase, _tail(stderr_path))
+
+    def _watch(self, proc, lines, build_limit, run_limit):
+        """Follow the phase lines until the process exits; kill it when a limit passes."""
+        phase = "start"
+        deadline = time.monotonic() + build_limit
+        while True:
+            try:
+                name, _at = lines.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                name = ""
+            if name is None:  # stdout closed: the process is exiting
+                return phase, False
+            if name:
+                phase = name
+                if name == "run":
+                    deadline = time.monotonic() + run_limit
+                elif name == "done":
+                    deadline = time.monotonic() + 60
+            if time.monotonic() >= deadline and proc.poll() is None:
+                self._kill(proc)
+                return phase, True
+
+    @staticmethod
+    def _kill(proc):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+
+    @staticmethod
+    def _died(returncode, phase, stderr_tail):
+        detail = (" Last output: " + stderr_tail[-500:]) if stderr_tail else ""
+        if returncode is not None and returncode < 0:
+            sig = -returncode
+            if sig == signal.SIGKILL:
+                return {
+                    "status": errors.OUT_OF_MEMORY,
+                    "message": "the job process was killed by SIGKILL during %s, most likely by "
+                    "the kernel's out-of-memory killer.%s" % (phase, detail),
+                    "phase": phase,
+                }
+            status = (
+                errors.BUILD_FAILED
+                if phase in ("start", "validate", "build")
+                else (errors.INFRA_ERROR)
+            )
+            return {
+                "status": status,
+                "message": "the job process died with %s during %s.%s"
+                % (_signal_name(sig), phase, detail),
+                "phase": phase,
+            }
+        return {
+            "status": errors.INFRA_ERROR,
+            "message": "the job process exited with code %s during %s without a result.%s"
+            % (returncode, phase, detail),
+            "phase": phase,
+        }

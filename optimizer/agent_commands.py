@@ -1,0 +1,169 @@
+"""``vitopt agent ping|measure``: talk to a device agent by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .agent_client import AgentClient, AgentError, MeasurementFailed
+
+TOKEN_ENV = "VITOPT_AGENT_TOKEN"
+
+
+def _client(url: str, token_file: Path | None, timeout: float) -> AgentClient:
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV) or None
+    return AgentClient(url, token, job_timeout_s=timeout)
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def info_table(info: dict[str, Any]) -> Table:
+    table = Table(title=f"agent {info['device']['name']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    backend = info["backend"]
+    rows = [
+        ("backend", f"{backend['name']} ({backend['version']})"),
+        ("precisions", ", ".join(info["precisions"])),
+        ("jetson", str(info["device"]["jetson"])),
+        ("power mode", _fmt(info.get("power_mode"))),
+        ("clocks (MHz)", json.dumps(info.get("clocks_mhz")) if info.get("clocks_mhz") else "—"),
+        ("queue length", str(info["queue_length"])),
+        ("jobs finished", str(info["jobs_finished"])),
+        ("agent version", info["agent_version"]),
+        ("auth", "bearer token" if info.get("auth") else "none"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def result_table(result: dict[str, Any]) -> Table:
+    latency = result["latency_ms"]
+    table = Table(title=f"{result['backend']['name']} on {result['device']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key in ("p50", "p90", "p99", "mean", "std", "min", "max"):
+        table.add_row(f"{key} (ms)", _fmt(latency[key]))
+    table.add_row("CV", f"{latency['cv'] * 100:.2f} %")
+    table.add_row("iterations", str(latency["count"]))
+    if result.get("remeasured"):
+        table.add_row("re-measured", result["remeasure_reason"])
+    table.add_row("build time (s)", _fmt(result["build"]["time_s"]))
+    cache = result["cache"]
+    table.add_row(
+        "cache",
+        f"result {'hit' if cache['result_hit'] else 'miss'}, "
+        f"engine {'hit' if cache['engine_hit'] else 'miss'}",
+    )
+    table.add_row("peak memory (MB)", _fmt(result.get("peak_memory_mb"), digits=1))
+    power = result.get("power") or {}
+    table.add_row("energy above idle (mJ/inf)", _fmt(power.get("energy_mj_per_inference")))
+    table.add_row("settings", result["build"]["command"])
+    return table
+
+
+@click.group()
+def agent() -> None:
+    """Talk to a device agent (python -m jetson_agent serve on the device)."""
+
+
+_url = click.argument("url")
+_token = click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"file with the agent's bearer token (else ${TOKEN_ENV})",
+)
+_json = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+
+
+@agent.command()
+@_url
+@_token
+@_json
+def ping(url: str, token_file: Path | None, as_json: bool) -> None:
+    """Show what the agent at URL is: device, backend, precisions, queue."""
+    try:
+        info = _client(url, token_file, 60).info()
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        Console().print(info_table(info))
+
+
+@agent.command()
+@_url
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--input-shape", help="full input shape, e.g. 1x3x224x224 (for dynamic models)")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
+@_token
+@_json
+def measure(
+    url: str,
+    model: Path,
+    precision: str,
+    batch_size: int,
+    input_shape: str | None,
+    warmup: int,
+    iterations: int,
+    repeats: int,
+    timeout: float,
+    token_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Measure the ONNX MODEL on the agent at URL and print its latency statistics."""
+    spec: dict[str, Any] = {
+        "precision": precision,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "iterations": iterations,
+        "repeats": repeats,
+    }
+    if input_shape:
+        try:
+            spec["input_shape"] = [int(d) for d in input_shape.lower().split("x")]
+        except ValueError as exc:
+            raise click.BadParameter(
+                "use the form 1x3x224x224", param_hint="--input-shape"
+            ) from exc
+    console = Console(stderr=True)
+    client = _client(url, token_file, timeout)
+    try:
+        with console.status("submitting…") as status:
+
+            def show(job: dict[str, Any]) -> None:
+                where = f" (position {job['queue_position']})" if job.get("queue_position") else ""
+                status.update(f"{job['state']}{where}…")
+
+            result = client.measure(model, spec, on_update=show)
+    except MeasurementFailed as exc:
+        if as_json:
+            click.echo(json.dumps(exc.result, indent=2))
+        raise click.ClickException(f"measurement failed: {exc}") from exc
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        Console().print(result_table(result))

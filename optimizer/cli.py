@@ -1,0 +1,17 @@
+"""``vitopt`` command line. A thin layer: parse, call the library, print with rich."""
+
+from __future__ import annotations
+
+import click
+
+from .agent_commands import agent
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vitopt")
+def main() -> None:
+    """vitopt: find the fastest compressed vision transformer within an accuracy budget,
+    with latency measured on the real device by its agent (python -m jetson_agent serve)."""
+
+
+main.add_command(agent)

@@ -1,0 +1,23 @@
+"""Backends that fail on purpose, loaded by the agent as ``--backend fault_backends:Name``
+(the module:Class extension point), to prove that a hung or crashed job never takes the
+agent down."""
+
+import os
+import signal
+import time
+
+from jetson_agent.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+
+class BuildHangBackend(OnnxRuntimeBackend):
+    name = "build-hang"
+
+    def prepare(self, model_path, model, spec, engine_path):
+        time.sleep(3600)
+
+
+class CrashingBackend(OnnxRuntimeBackend):
+    name = "crashing"
+
+    def prepare(self, model_path, model, spec, engine_path):
+        os.kill(os.getpid(), signal.SIGSEGV)

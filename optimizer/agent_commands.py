@@ -70,7 +70,7 @@ def result_table(result: dict[str, Any]) -> Table:
     )
     table.add_row("peak memory (MB)", _fmt(result.get("peak_memory_mb"), digits=1))
     power = result.get("power") or {}
-    table.add_row("energy above idle (mJ/inf)", _fmt(power.get("energy_mj_per_inference")))
+    table.add_row("energy above idle (mJ/inf)", _fmt(power.get("energy_per_inference_mj")))
     table.add_row("settings", result["build"]["command"])
     return table
 

@@ -24,8 +24,13 @@ def export_tiny_vit(path: Path, img_size: int = 32) -> Path:
     ).eval()
     example = torch.randn(1, 3, img_size, img_size)
     torch.onnx.export(
-        model, (example,), str(path), input_names=["input"], output_names=["logits"],
-        opset_version=16, dynamo=False,
+        model,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=16,
+        dynamo=False,
     )
     onnx.checker.check_model(onnx.load(str(path)))
     return path

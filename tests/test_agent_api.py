@@ -47,7 +47,9 @@ def test_measures_a_vit_with_consistent_statistics(agent: RunningAgent, vit_onnx
     samples = [x for run in result["samples_ms"] for x in run]
     assert result["status"] == "ok"
     assert latency["count"] == len(samples) == SPEC["iterations"] * SPEC["repeats"]
-    assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert (
+        0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    )
     assert math.isclose(latency["mean"], statistics.mean(samples), rel_tol=1e-9)
     assert math.isclose(latency["std"], statistics.stdev(samples), rel_tol=1e-9)
     assert math.isclose(latency["cv"], latency["std"] / latency["mean"], rel_tol=1e-9)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VERMIN = [str(Path(sys.executable).with_name("vermin")), "--target=3.6-", "--violations", "--no-tips"]
+VERMIN = [
+    str(Path(sys.executable).with_name("vermin")),
+    "--target=3.6-",
+    "--violations",
+    "--no-tips",
+]
 
 
 def test_agent_code_is_valid_on_python_3_6() -> None:
@@ -29,7 +34,9 @@ def test_agent_imports_nothing_from_the_rest_of_vitopt() -> None:
         f"{path.relative_to(REPO)}:{number}"
         for path in (REPO / "jetson_agent").rglob("*.py")
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if line.lstrip().startswith(("from optimizer", "import optimizer", "from plugins", "import plugins"))
+        if line.lstrip().startswith(
+            ("from optimizer", "import optimizer", "from plugins", "import plugins")
+        )
     ]
     assert offenders == []
 
@@ -38,17 +45,31 @@ def test_agent_imports_nothing_from_the_rest_of_vitopt() -> None:
 def test_pip_installs_the_agent_folder_alone(tmp_path: Path) -> None:
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO / "jetson_agent")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "jetson_agent"),
+        ],
         capture_output=True,
         text=True,
     )
     assert install.returncode == 0, install.stderr
     assert (target / "jetson_agent" / "backends" / "onnxruntime_backend.py").exists()
     run = subprocess.run(
-        [sys.executable, "-I", "-c",
-         f"import sys; sys.path.insert(0, {str(target)!r}); import jetson_agent, "
-         "jetson_agent.__main__ as m; print(jetson_agent.__file__); m.main(['--version'])"],
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(target)!r}); import jetson_agent, "
+            "jetson_agent.__main__ as m; print(jetson_agent.__file__); m.main(['--version'])",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

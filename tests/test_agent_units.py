@@ -81,7 +81,7 @@ def test_spec_defaults_and_errors() -> None:
     assert (spec.precision, spec.iterations, spec.repeats, spec.warmup) == ("fp32", 100, 3, 10)
     with pytest.raises(SpecError, match="spec must be a JSON object"):
         MeasureSpec.from_dict([1])
-    with pytest.raises(SpecError, match="spec.repeats must be between 1 and 20"):
+    with pytest.raises(SpecError, match=r"spec\.repeats must be between 1 and 20"):
         MeasureSpec.from_dict({"repeats": 0})
 
 
@@ -109,7 +109,9 @@ def test_damaged_cached_engine_is_rebuilt_not_blamed_on_the_model(
         (3, "validate", "infra_error"),
     ],
 )
-def test_a_job_that_dies_is_typed_from_how_it_died(returncode: int, phase: str, status: str) -> None:
+def test_a_job_that_dies_is_typed_from_how_it_died(
+    returncode: int, phase: str, status: str
+) -> None:
     result = JobProcess._died(returncode, phase, "last words")
     assert result["status"] == status
     assert phase in result["message"]

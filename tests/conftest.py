@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from agent_helpers import RunningAgent, start_agent
 from model_factory import export_tiny_vit
 

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from agent_helpers import RunningAgent, start_agent
+
 from jetson_agent import multipart
 from optimizer.agent_client import AgentClient, MeasurementFailed
 
@@ -199,9 +199,9 @@ def test_model_presence_is_checked_by_sha(agent: RunningAgent, vit_onnx: Path) -
 
 def test_unsupported_media_type_and_unknown_route(agent: RunningAgent) -> None:
     status, body, _ = agent.request("POST", "/v1/jobs", b"x", {"Content-Type": "text/plain"})
-    assert status == 415
+    assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
     status, body, _ = agent.request("GET", "/v1/nothing")
-    assert status == 404
+    assert (status, body["error"]["code"]) == (404, "not_found")
 
 
 def test_token_is_required_and_checked(tmp_path: Path, vit_onnx: Path) -> None:

@@ -6,9 +6,9 @@ import json
 import socket
 from pathlib import Path
 
+from agent_helpers import RunningAgent
 from click.testing import CliRunner
 
-from agent_helpers import RunningAgent
 from optimizer.cli import main
 
 

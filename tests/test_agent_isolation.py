@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
 import pytest
-
 from agent_helpers import start_agent
 from model_factory import endless_loop_model
+
 from optimizer.agent_client import AgentClient, MeasurementFailed
 
 QUICK = {"warmup": 1, "iterations": 5, "repeats": 1}
@@ -79,5 +80,5 @@ def test_concurrent_jobs_never_overlap(tmp_path: Path, vit_onnx: Path) -> None:
     assert not errors
     windows = sorted((r["job"]["started_at"], r["job"]["finished_at"]) for r in results)
     assert len(windows) == 4
-    for (_, end), (next_start, _) in zip(windows, windows[1:]):
+    for (_, end), (next_start, _) in itertools.pairwise(windows):
         assert end <= next_start, "two measurements overlapped"

@@ -128,6 +128,8 @@ class Agent(object):
                 % (spec.precision, self.backend.name, self.device, ", ".join(supported)),
                 "cache": {"result_hit": False, "engine_hit": False},
             }
+        if not spec.use_cache:
+            return None
         cached = self.cache.get_result(
             result_key(model_sha, spec, self.backend_version, self.device)
         )

@@ -40,6 +40,11 @@ def openapi_document():
             "cv_threshold": {"type": "number", "default": 0.05},
             "build_timeout_s": {"type": "number", "description": "capped by the agent's own"},
             "run_timeout_s": {"type": "number", "description": "capped by the agent's own"},
+            "use_cache": {
+                "type": "boolean",
+                "default": True,
+                "description": "false re-measures even when a result is cached",
+            },
         },
     }
     stats = {

@@ -33,6 +33,13 @@ def _float_field(data, key, default, low, high):
     return float(value)
 
 
+def _bool_field(data, key, default):
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise SpecError("spec.%s must be true or false, got %r" % (key, value))
+    return value
+
+
 def _shape(value, where):
     if not isinstance(value, list) or not value:
         raise SpecError("%s must be a non-empty list of positive integers, got %r" % (where, value))
@@ -57,6 +64,7 @@ class MeasureSpec(object):
         "cv_threshold",
         "build_timeout_s",
         "run_timeout_s",
+        "use_cache",
     )
 
     def __init__(self, **fields):
@@ -105,14 +113,15 @@ class MeasureSpec(object):
             cv_threshold=_float_field(data, "cv_threshold", 0.05, 0.0, 10.0),
             build_timeout_s=_float_field(data, "build_timeout_s", None, 0.0, 24 * 3600.0),
             run_timeout_s=_float_field(data, "run_timeout_s", None, 0.0, 24 * 3600.0),
+            use_cache=_bool_field(data, "use_cache", True),
         )
 
     def to_dict(self):
         return dict((key, getattr(self, key)) for key in self.FIELDS)
 
     def cache_key_part(self):
-        """The fields that change what is measured (timeouts do not)."""
+        """The fields that change what is measured (timeouts and cache use do not)."""
         data = self.to_dict()
-        data.pop("build_timeout_s")
-        data.pop("run_timeout_s")
+        for key in ("build_timeout_s", "run_timeout_s", "use_cache"):
+            data.pop(key)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -14,6 +14,8 @@ def export_tiny_vit(path: Path, img_size: int = 32) -> Path:
     import timm
     import torch
 
+    from optimizer.export import export_onnx
+
     model = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
@@ -21,19 +23,8 @@ def export_tiny_vit(path: Path, img_size: int = 32) -> Path:
         patch_size=4,
         depth=2,
         num_classes=10,
-    ).eval()
-    example = torch.randn(1, 3, img_size, img_size)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=16,
-        dynamo=False,
     )
-    onnx.checker.check_model(onnx.load(str(path)))
-    return path
+    return export_onnx(model, torch.randn(1, 3, img_size, img_size), path)
 
 
 def endless_loop_model(path: Path) -> Path:

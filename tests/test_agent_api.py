@@ -72,6 +72,10 @@ def test_measures_a_vit_with_consistent_statistics(agent: RunningAgent, vit_onnx
     assert again["latency_ms"] == latency
     assert elapsed < 2.0, "a cache hit must not re-measure"
 
+    fresh = client.measure(vit_onnx, dict(SPEC, use_cache=False))
+    assert fresh["cache"] == {"result_hit": False, "engine_hit": True}
+    assert fresh["samples_ms"] != result["samples_ms"]
+
 
 def test_new_spec_on_known_model_reuses_the_engine(agent: RunningAgent, vit_onnx: Path) -> None:
     client = AgentClient(agent.url)

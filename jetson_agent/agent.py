@@ -57,6 +57,8 @@ class Agent(object):
         self.backend_name = backend_name
         self.backend = load_backend_class(backend_target)()
         self.backend_version = self.backend.version()
+        # Asked once: a TensorRT backend may open a CUDA context to find out.
+        self.precisions = self.backend.precisions()
         self.cache = cache
         self.job_process = job_process
         self.device = telemetry.device_name()
@@ -81,7 +83,7 @@ class Agent(object):
             "api_version": API_VERSION,
             "device": {"name": self.device, "jetson": telemetry.is_jetson()},
             "backend": {"name": self.backend.name, "version": self.backend_version},
-            "precisions": self.backend.precisions(),
+            "precisions": self.precisions,
             "power_mode": snapshot.get("power_mode"),
             "jetson_clocks": snapshot.get("jetson_clocks"),
             "clocks_mhz": snapshot.get("clocks_mhz"),
@@ -120,7 +122,7 @@ class Agent(object):
 
     def _immediate_result(self, model_sha, spec):
         """A result known without measuring: a precision this device lacks, or one cached."""
-        supported = self.backend.precisions()
+        supported = self.precisions
         if spec.precision not in supported:
             return {
                 "status": errors.UNSUPPORTED_PRECISION,

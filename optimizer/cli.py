@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .agent_commands import agent
+from .campaign_commands import baseline, export, run, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,4 +15,5 @@ def main() -> None:
     with latency measured on the real device by its agent (python -m jetson_agent serve)."""
 
 
-main.add_command(agent)
+for command in (run, status, baseline, export, agent):
+    main.add_command(command)

@@ -1,0 +1,90 @@
+"""The uncompressed baseline model: built from timm, loaded from a local checkpoint or trained
+once on the campaign's data and cached under ``runs/<name>/baseline/`` by a hash of everything
+that shapes it, so re-running or resuming a campaign never retrains it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import Campaign, ModelConfig
+from .training import torch_accuracy, train_epochs
+
+
+def build_model(config: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": num_classes, **config.kwargs}
+    kwargs.setdefault("img_size", image_size)
+    try:
+        return timm.create_model(config.name, pretrained=config.pretrained, **kwargs)
+    except TypeError:  # a model family without img_size (CNNs) takes any input size
+        kwargs.pop("img_size")
+        return timm.create_model(config.name, pretrained=config.pretrained, **kwargs)
+
+
+def baseline_key(campaign: Campaign) -> str:
+    shape = {
+        "model": campaign.model.model_dump(mode="json"),
+        "data": campaign.data.model_dump(mode="json", exclude={"calibration_size", "batch_size"}),
+        "seed": campaign.search.seed,
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def baseline_path(campaign: Campaign) -> Path:
+    if campaign.model.checkpoint is not None:
+        return Path(campaign.model.checkpoint)
+    return campaign.run_dir / "baseline" / f"{baseline_key(campaign)}.pt"
+
+
+def load_model(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.Module:
+    model = build_model(campaign.model, num_classes, campaign.data.image_size)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def prepare_baseline(
+    campaign: Campaign,
+    splits: Any,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+) -> tuple[Path, bool]:
+    """Return (checkpoint path, whether it was trained now)."""
+    path = baseline_path(campaign)
+    if path.exists():
+        return path, False
+    if campaign.model.checkpoint is not None:
+        raise FileNotFoundError(f"model.checkpoint {path} does not exist")
+    torch.manual_seed(campaign.search.seed)
+    model = build_model(campaign.model, splits.num_classes, campaign.data.image_size)
+    train = campaign.model.train
+    loader = DataLoader(
+        splits.train,
+        batch_size=train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(campaign.search.seed),
+    )
+    criterion = nn.CrossEntropyLoss()
+    train_epochs(
+        model,
+        loader,
+        lambda logits, _inputs, labels: criterion(logits, labels),
+        epochs=train.epochs,
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        on_epoch=(lambda epoch, loss: on_epoch(epoch, train.epochs, loss)) if on_epoch else None,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    accuracy = torch_accuracy(model, DataLoader(splits.val, batch_size=256))
+    path.with_suffix(".json").write_text(json.dumps({"val_accuracy": accuracy}))
+    return path, True

@@ -1,0 +1,351 @@
+"""The campaign driver: the only writer of the study.
+
+ask → sample → submit to the executor → record outcomes as they come. The baseline runs first
+and alone, so every later trial's speedup and accuracy drop are relative to a measurement taken
+on the same agent. Ctrl-C (or SIGTERM) stops within seconds: in-flight trials are marked
+interrupted (FAIL with a reason) and re-queued, so ``vitopt run`` again resumes where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .agent_client import AgentClient
+from .baseline import prepare_baseline
+from .config import Campaign
+from .executor import make_executor
+from .pipeline import TrialRequest, load_splits
+from .plugin_manager import build_plugin_manager, collect_techniques
+from .search_space import SearchSpace, build_search_space
+from .study import (
+    BASELINE_ATTR,
+    INTERRUPTED_ATTR,
+    artifact_store,
+    baseline_trial,
+    best_feasible,
+    counted_trials,
+    open_study,
+    record,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class CampaignFailed(Exception):
+    """The campaign cannot go on (e.g. its baseline failed); the message says why."""
+
+
+class CampaignInterrupted(Exception):
+    """Stopped by the user; finished trials are kept and ``vitopt run`` resumes."""
+
+
+@dataclass
+class Setup:
+    campaign: Campaign
+    agent_url: str
+    agent_token: str | None
+    device_info: dict[str, Any]
+    space: SearchSpace
+    checkpoint: Path
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def agent_endpoint(
+    campaign: Campaign, console: Console, url: str | None = None
+) -> Iterator[tuple[str, str | None]]:
+    """The campaign's agent, or an embedded one on 127.0.0.1 (onnxruntime backend) for the
+    duration of the run when the campaign names none."""
+    token = os.environ.get(campaign.agents.token_env) or None
+    url = url or (campaign.agents.urls[0] if campaign.agents.urls else None)
+    if url:
+        yield url, token
+        return
+    cache = campaign.run_dir / "agent-cache"
+    env = dict(os.environ, JETSON_AGENT_ORT_THREADS=os.environ.get("JETSON_AGENT_ORT_THREADS", "1"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jetson_agent",
+            "serve",
+            "--port",
+            "0",
+            "--backend",
+            "onnxruntime",
+            "--cache-dir",
+            str(cache),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        if "listening on " not in line:
+            raise CampaignFailed("the embedded device agent did not start")
+        url = line.split("listening on ", 1)[1].split()[0]
+        console.print(
+            f"[dim]no agent in the campaign: started an embedded one at {url} "
+            "(onnxruntime on this machine's CPU)[/]"
+        )
+        yield url, None
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -> Setup:
+    """Everything a run or a baseline needs: device facts, the search space, the baseline."""
+    info = AgentClient(url, token, retries=2).info()
+    techniques = collect_techniques(build_plugin_manager(campaign.plugins.disable))
+    declared = [spec for t in techniques for spec in t.technique.search_space()]
+    space = build_search_space(
+        declared, campaign.search.space, info["precisions"], str(campaign.source or "campaign")
+    )
+    for note in space.notes:
+        console.print(f"[yellow]search space:[/] {note}")
+    splits = load_splits(campaign)
+    with Progress(
+        TextColumn("baseline training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=campaign.model.train.epochs, loss="")
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            progress.update(task, completed=epoch + 1, loss=f"loss {loss:.3f}")
+
+        checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
+    if trained:
+        console.print(f"baseline trained and cached at {checkpoint}")
+    return Setup(campaign, url, token, info, space, checkpoint.resolve())
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, why: str) -> None:
+    storage, trial_id = study._storage, trial._trial_id
+    storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, True)
+    storage.set_trial_user_attr(trial_id, "fail_reason", why)
+    baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+    study.tell(trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={BASELINE_ATTR: True} if baseline else None)
+
+
+def recover_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a driver that died: fail them with the reason, run them again."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        _requeue(study, trial, "interrupted: the driver stopped before this trial finished")
+    return len(stale)
+
+
+def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str, Any]:
+    trials = counted_trials(study)
+    states = [t.state for t in trials]
+    base = baseline_trial(study)
+    best = best_feasible(study)
+    summary: dict[str, Any] = {
+        "campaign": campaign.name,
+        "storage": campaign.storage_url,
+        "trials": {
+            "complete": states.count(TrialState.COMPLETE),
+            "pruned": states.count(TrialState.PRUNED),
+            "failed": states.count(TrialState.FAIL),
+        },
+        "wall_s": wall_s,
+        "max_accuracy_drop": campaign.objective.max_accuracy_drop,
+        "baseline": None,
+        "best": None,
+    }
+    if base is not None:
+        summary["baseline"] = {
+            "trial": base.number,
+            "accuracy": base.user_attrs["accuracy"],
+            "latency_ms": base.user_attrs["latency_ms"],
+            "device": base.user_attrs.get("device"),
+            "backend": base.user_attrs.get("backend_version"),
+        }
+    if best is not None:
+        summary["best"] = {
+            "trial": best.number,
+            "params": best.params,
+            "accuracy": best.user_attrs["accuracy"],
+            "latency_ms": best.user_attrs["latency_ms"],
+            "speedup": best.user_attrs["speedup"],
+            "accuracy_drop": best.user_attrs["accuracy_drop"],
+        }
+    return summary
+
+
+def _status_line(study: optuna.Study) -> str:
+    trials = counted_trials(study)
+    states = [t.state for t in trials]
+    best = best_feasible(study)
+    line = (
+        f"done {states.count(TrialState.COMPLETE)} · pruned {states.count(TrialState.PRUNED)}"
+        f" · failed {states.count(TrialState.FAIL)}"
+    )
+    if best is not None:
+        attrs = best.user_attrs
+        line += (
+            f" · best #{best.number}: {attrs['latency_ms']:.3f} ms ({attrs['speedup']:.2f}×, "
+            f"drop {attrs['accuracy_drop'] * 100:+.1f} pt)"
+        )
+    return line
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_campaign(
+    campaign: Campaign, console: Console, workers: int | None = None, agent_url: str | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the campaign until ``search.trials`` trials have finished."""
+    started = time.monotonic()
+    workers = campaign.execution.workers if workers is None else workers
+    manager = build_plugin_manager(campaign.plugins.disable)
+    with agent_endpoint(campaign, console, agent_url) as (url, token):
+        setup = prepare(campaign, console, url, token)
+        study = open_study(campaign)
+        recovered = recover_interrupted(study)
+        if recovered:
+            console.print(f"resuming: {recovered} interrupted trial(s) queued again")
+        if not study.trials:
+            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        executor = make_executor(campaign.execution, workers)
+        try:
+            _drive(study, setup, executor, console, manager, started)
+        finally:
+            executor.shutdown()
+            signal.signal(signal.SIGTERM, previous)
+    summary = _summary(study, campaign, time.monotonic() - started)
+    manager.hook.vitopt_campaign_finished(summary=summary)
+    return summary
+
+
+def _drive(study, setup: Setup, executor, console: Console, manager, started: float) -> None:
+    campaign = setup.campaign
+    target = campaign.search.trials
+    deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
+    store = artifact_store(campaign)
+    running: dict[Any, optuna.Trial] = {}
+    columns = (
+        TextColumn("trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(
+            "trials", total=target, status="", completed=len(counted_trials(study))
+        )
+        try:
+            while True:
+                _submit_more(study, setup, executor, running, target, deadline, manager)
+                if not running:
+                    break
+                for handle, outcome in executor.wait(list(running), 0.5):
+                    trial = running.pop(handle)
+                    frozen = record(study, trial, outcome, campaign, store)
+                    manager.hook.vitopt_trial_finished(
+                        trial_number=frozen.number,
+                        state=frozen.state.name,
+                        values=frozen.values,
+                        attrs=frozen.user_attrs,
+                    )
+                    if frozen.user_attrs.get(BASELINE_ATTR) and frozen.state != TrialState.COMPLETE:
+                        raise CampaignFailed(
+                            f"the baseline trial failed: {frozen.user_attrs.get('fail_reason')}"
+                        )
+                    progress.update(
+                        bar, completed=len(counted_trials(study)), status=_status_line(study)
+                    )
+        except KeyboardInterrupt:
+            executor.cancel(list(running))
+            for trial in running.values():
+                _requeue(study, trial, "interrupted by the user")
+            raise CampaignInterrupted(
+                f"stopped; {len(running)} running trial(s) will re-run. "
+                "Run the same command again to resume."
+            ) from None
+
+
+def _submit_more(study, setup: Setup, executor, running, target, deadline, manager) -> None:
+    campaign = setup.campaign
+    while len(running) < max(executor.capacity, 1):
+        if len(counted_trials(study)) + len(running) >= target:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        base = baseline_trial(study)
+        if base is None and running:
+            return  # the baseline runs alone: every later trial is measured against it
+        trial = study.ask()
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        if base is None and not is_baseline:
+            raise CampaignFailed("no baseline trial in the study; start a new campaign name")
+        if is_baseline:  # not sampled: the uncompressed model, whatever the space's ranges
+            params = dict(setup.space.baseline)
+            trial.set_user_attr("baseline_params", params)
+        else:
+            params = setup.space.sample(trial)
+        manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
+        best = best_feasible(study)
+        cut = None
+        if (
+            not is_baseline
+            and best is not None
+            and campaign.objective.latency_first_cut
+            and campaign.objective.mode == "latency"
+        ):
+            cut = best.user_attrs["latency_ms"]
+        request = TrialRequest(
+            campaign=campaign,
+            number=trial.number,
+            params=params,
+            checkpoint=setup.checkpoint,
+            agent_url=setup.agent_url,
+            agent_token=setup.agent_token,
+            device_info=setup.device_info,
+            work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
+            baseline=None
+            if is_baseline
+            else {
+                "accuracy": base.user_attrs["accuracy"],
+                "latency_ms": base.user_attrs["latency_ms"],
+            },
+            cut_latency_ms=cut,
+        )
+
+        def should_prune(step: int, value: float, trial: optuna.Trial = trial) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        running[executor.submit(request, should_prune)] = trial

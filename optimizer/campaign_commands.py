@@ -1,0 +1,287 @@
+"""``vitopt run | status | baseline | export``: campaigns from the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from .agent_client import AgentError
+from .campaign import (
+    CampaignFailed,
+    CampaignInterrupted,
+    agent_endpoint,
+    prepare,
+    run_campaign,
+)
+from .config import Campaign, CampaignError, load_campaign
+from .pipeline import TrialRequest, run_trial
+from .plugin_manager import PluginError
+from .study import baseline_trial, best_feasible, counted_trials
+
+USER_ERRORS = (CampaignError, PluginError, CampaignFailed, AgentError, FileNotFoundError)
+_campaign_arg = click.argument(
+    "campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(dir_okay=False, path_type=Path)
+)
+
+
+def _load(path: Path, **overrides: Any) -> Campaign:
+    try:
+        return load_campaign(path, **overrides)
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _fmt_trial(trial: FrozenTrial) -> list[str]:
+    attrs = trial.user_attrs
+    return [
+        str(trial.number),
+        f"{attrs.get('latency_ms', float('nan')):.3f}",
+        f"{attrs.get('speedup', float('nan')):.2f}×",
+        f"{attrs.get('accuracy', float('nan')) * 100:.2f}",
+        f"{attrs.get('accuracy_drop', float('nan')) * 100:+.2f}",
+        "yes" if attrs.get("feasible") else "no",
+        ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items())),
+    ]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trials_table(title: str, trials: list[FrozenTrial]) -> Table:
+    table = Table(title=title)
+    for column in ("trial", "p50 ms", "speedup", "top-1 %", "drop pt", "feasible", "params"):
+        table.add_column(column, justify="left" if column == "params" else "right")
+    for trial in trials:
+        table.add_row(*_fmt_trial(trial))
+    return table
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    base, best, counts = summary["baseline"], summary["best"], summary["trials"]
+    console.print(
+        f"[bold]{summary['campaign']}[/]: {counts['complete']} complete, {counts['pruned']} "
+        f"pruned, {counts['failed']} failed in {summary['wall_s']:.0f} s"
+    )
+    if base:
+        console.print(
+            f"baseline: top-1 {base['accuracy'] * 100:.2f}%, p50 {base['latency_ms']:.3f} ms "
+            f"on {base['device']} ({base['backend']})"
+        )
+    if best:
+        console.print(
+            f"[green]best feasible: trial {best['trial']}[/]: p50 {best['latency_ms']:.3f} ms, "
+            f"{best['speedup']:.2f}× faster, top-1 {best['accuracy'] * 100:.2f}% "
+            f"(drop {best['accuracy_drop'] * 100:+.2f} pt, budget "
+            f"{summary['max_accuracy_drop'] * 100:.2f} pt)"
+        )
+        console.print("  params: " + json.dumps(best["params"], sort_keys=True))
+    else:
+        console.print("[yellow]no feasible candidate yet[/]")
+
+
+@click.command()
+@_campaign_arg
+@click.option("--trials", type=click.IntRange(min=1), help="total trials (overrides search.trials)")
+@click.option("--workers", type=click.IntRange(min=0), help="parallel trials; 0 = in-process")
+@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
+@click.option("--storage", help="Optuna storage URL (default sqlite:///runs/NAME/study.db)")
+@click.option("--json", "as_json", is_flag=True, help="print the final summary as JSON")
+def run(
+    campaign_file: Path,
+    trials: int | None,
+    workers: int | None,
+    agent_url: str | None,
+    storage: str | None,
+    as_json: bool,
+) -> None:
+    """Run a search campaign, or resume it: finished trials are kept."""
+    campaign = _load(campaign_file, **{"search.trials": trials, "storage": storage})
+    console = Console(stderr=as_json)
+    try:
+        summary = run_campaign(campaign, console, workers, agent_url)
+    except CampaignInterrupted as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise SystemExit(130) from exc
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        print_summary(console, summary)
+
+
+def _open_existing(campaign: Campaign) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=campaign.name, storage=campaign.storage_url)
+    except KeyError as exc:
+        raise click.ClickException(
+            f"no study {campaign.name!r} in {campaign.storage_url}: run 'vitopt run' first"
+        ) from exc
+
+
+@click.command()
+@_campaign_arg
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+def status(campaign_file: Path, top: int) -> None:
+    """Show progress, baseline, best feasible candidate, top trials and the Pareto front."""
+    campaign = _load(campaign_file)
+    study = _open_existing(campaign)
+    console = Console()
+    trials = counted_trials(study)
+    states = [t.state for t in trials]
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    console.print(
+        f"[bold]{campaign.name}[/] ({campaign.storage_url}): {len(trials)}/"
+        f"{campaign.search.trials} trials — {states.count(TrialState.COMPLETE)} complete, "
+        f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed, "
+        f"{running} running"
+    )
+    base = baseline_trial(study)
+    if base is not None:
+        console.print(trials_table("baseline", [base]))
+    best = best_feasible(study)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    ranked = sorted(
+        complete,
+        key=lambda t: (
+            not t.user_attrs.get("feasible"),
+            t.user_attrs.get("latency_ms", float("inf")),
+        ),
+    )
+    console.print(trials_table(f"top {top} (feasible first, by latency)", ranked[:top]))
+    if campaign.objective.mode == "pareto":
+        console.print(trials_table("Pareto front (latency, accuracy)", study.best_trials))
+    if best is None:
+        console.print("[yellow]no feasible candidate yet[/]")
+
+
+@click.command()
+@_campaign_arg
+@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
+def baseline(campaign_file: Path, agent_url: str | None) -> None:
+    """Measure the uncompressed model only: its accuracy and latency on the device."""
+    campaign = _load(campaign_file)
+    console = Console()
+    try:
+        with agent_endpoint(campaign, console, agent_url) as (url, token):
+            setup = prepare(campaign, console, url, token)
+            outcome = run_trial(
+                TrialRequest(
+                    campaign=campaign,
+                    number=0,
+                    params=dict(setup.space.baseline),
+                    checkpoint=setup.checkpoint,
+                    agent_url=url,
+                    agent_token=token,
+                    device_info=setup.device_info,
+                    work_dir=(campaign.run_dir / "baseline-measure").resolve(),
+                )
+            )
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    if outcome.state != "COMPLETE":
+        raise click.ClickException(f"baseline failed: {outcome.attrs.get('fail_reason')}")
+    attrs = outcome.attrs
+    console.print(
+        f"baseline {campaign.model.name}: top-1 {attrs['accuracy'] * 100:.2f}%, "
+        f"p50 {attrs['latency_p50_ms']:.3f} ms (p90 {attrs['latency_p90_ms']:.3f}, CV "
+        f"{attrs['latency_cv'] * 100:.1f}%) on {attrs['device']} ({attrs['backend_version']}), "
+        f"{attrs['params_count']:,} parameters, {attrs['macs']:,} MACs"
+    )
+
+
+@click.command()
+@_campaign_arg
+@click.option("--trial", "which", default="best", show_default=True, help="a trial number or best")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
+def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) -> None:
+    """Rebuild a candidate deterministically: ONNX model, safetensors weights and a report."""
+    campaign = _load(campaign_file)
+    study = _open_existing(campaign)
+    trial = _pick(study, which)
+    base = baseline_trial(study)
+    console = Console()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with agent_endpoint(campaign, console, agent_url) as (url, token):
+            setup = prepare(campaign, console, url, token)
+            outcome = run_trial(
+                TrialRequest(
+                    campaign=campaign,
+                    number=trial.number,
+                    params=dict(trial.params),
+                    checkpoint=setup.checkpoint,
+                    agent_url=url,
+                    agent_token=token,
+                    device_info=setup.device_info,
+                    work_dir=(out / "work").resolve(),
+                    baseline=None
+                    if base is None or base.number == trial.number
+                    else {
+                        "accuracy": base.user_attrs["accuracy"],
+                        "latency_ms": base.user_attrs["latency_ms"],
+                    },
+                    save_weights=(out / "model.safetensors").resolve(),
+                )
+            )
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    if outcome.state != "COMPLETE":
+        raise click.ClickException(f"rebuild failed: {outcome.attrs.get('fail_reason')}")
+    shutil.copy(outcome.artifacts["model.onnx"], out / "model.onnx")
+    shutil.copy(outcome.artifacts["measurement.json"], out / "measurement.json")
+    report = {
+        "campaign": campaign.name,
+        "trial": trial.number,
+        "params": trial.params,
+        "recorded": {k: trial.user_attrs.get(k) for k in ("accuracy", "latency_ms", "speedup")},
+        "rebuilt": {k: outcome.attrs.get(k) for k in ("accuracy", "latency_p50_ms", "speedup")},
+        "attrs": outcome.attrs,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(_markdown(report))
+    console.print(
+        f"trial {trial.number} rebuilt in {out}: top-1 {outcome.attrs['accuracy'] * 100:.2f}% "
+        f"(recorded {trial.user_attrs.get('accuracy', float('nan')) * 100:.2f}%), "
+        f"p50 {outcome.attrs['latency_p50_ms']:.3f} ms"
+    )
+
+
+def _pick(study: optuna.Study, which: str) -> FrozenTrial:
+    if which == "best":
+        best = best_feasible(study)
+        if best is None:
+            raise click.ClickException("no feasible trial yet")
+        return best
+    try:
+        trial = study.trials[int(which)]
+    except (ValueError, IndexError) as exc:
+        raise click.ClickException(
+            f"--trial must be 'best' or a trial number, got {which}"
+        ) from exc
+    if trial.state != TrialState.COMPLETE:
+        raise click.ClickException(f"trial {trial.number} is {trial.state.name}, not COMPLETE")
+    return trial
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(report["params"].items()))
+    rec, new = report["recorded"], report["rebuilt"]
+    return (
+        f"# {report['campaign']}: trial {report['trial']}\n\n"
+        f"| parameter | value |\n|---|---|\n{rows}\n\n"
+        f"| | recorded | rebuilt |\n|---|---|---|\n"
+        f"| top-1 | {rec['accuracy']} | {new['accuracy']} |\n"
+        f"| p50 latency (ms) | {rec['latency_ms']} | {new['latency_p50_ms']} |\n"
+        f"| speedup | {rec['speedup']} | {new['speedup']} |\n"
+    )

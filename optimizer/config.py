@@ -1,0 +1,206 @@
+"""The campaign file, validated into typed config.
+
+Every error names the file, the key path and what was expected (``demo.yaml: search.trials:
+Input should be greater than 0``), never a traceback: a campaign is user input.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class CampaignError(Exception):
+    """A campaign file (or a search-space file it names) is unusable; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaselineTraining(_Strict):
+    """How the baseline is trained when no checkpoint is given (cached under runs/)."""
+
+    epochs: int = Field(30, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, description="timm model name, e.g. vit_tiny_patch16_224")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    train: BaselineTraining = BaselineTraining()
+
+
+class TeacherConfig(_Strict):
+    """Defaults to the unpruned baseline; another timm model needs its own checkpoint."""
+
+    name: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_for_other_models(self) -> TeacherConfig:
+        if self.name is not None and self.checkpoint is None:
+            raise ValueError("a teacher other than the baseline needs a checkpoint")
+        return self
+
+
+class TaskConfig(_Strict):
+    name: Literal["classification"] = "classification"
+
+
+class DataConfig(_Strict):
+    source: str = Field("digits", description="a registered data source: digits, imagefolder")
+    path: Path | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    batch_size: int = Field(64, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    calibration_size: int = Field(128, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_for_folders(self) -> DataConfig:
+        if self.source == "imagefolder" and self.path is None:
+            raise ValueError("source imagefolder needs a path (a folder with train/ and val/)")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    mode: Literal["latency", "pareto"] = "latency"
+    metric: Literal["p50", "p90", "p99", "mean"] = "p50"
+    max_accuracy_drop: float = Field(ge=0, le=1, description="absolute, e.g. 0.01 = 1 point")
+    max_memory_mb: float | None = Field(None, gt=0)
+    latency_first_cut: bool = True
+
+
+class ParamOverride(_Strict):
+    """Narrow or fix one declared search parameter from the campaign file."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    fixed: Any = None
+
+
+class SearchConfig(_Strict):
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    seed: int = 0
+    trials: int = Field(20, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    space: dict[str, ParamOverride] = Field(default_factory=dict)
+    space_file: Path | None = None
+
+
+class ExecutionConfig(_Strict):
+    workers: int = Field(2, ge=0, description="parallel trials; 0 runs in-process")
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    ray_address: str | None = None
+    torch_threads: int = Field(1, ge=1)
+
+
+class MeasureConfig(_Strict):
+    warmup: int = Field(20, ge=0)
+    iterations: int = Field(100, ge=1)
+    repeats: int = Field(3, ge=1)
+
+
+class AgentsConfig(_Strict):
+    urls: list[str] = Field(default_factory=list)
+    token_env: str = "VITOPT_AGENT_TOKEN"
+    measure: MeasureConfig = MeasureConfig()
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return urls
+
+
+class PluginsConfig(_Strict):
+    disable: list[str] = Field(default_factory=list)
+
+
+class Campaign(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelConfig
+    teacher: TeacherConfig = TeacherConfig()
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    objective: ObjectiveConfig
+    search: SearchConfig = SearchConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    agents: AgentsConfig = AgentsConfig()
+    storage: str | None = None
+    plugins: PluginsConfig = PluginsConfig()
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path("runs") / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CampaignError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CampaignError(
+            f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from exc
+
+
+def load_campaign(path: Path | str, **overrides: Any) -> Campaign:
+    """Read and validate ``path``; ``overrides`` replace dotted keys (``search.trials=5``)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise CampaignError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    space_file = (data.get("search") or {}).get("space_file")
+    if space_file:
+        space_path = (path.parent / space_file).resolve()
+        space = _read_yaml(space_path)
+        if not isinstance(space, dict):
+            raise CampaignError(f"{space_path}: expected a mapping of parameter overrides")
+        data["search"]["space"] = {**space, **(data["search"].get("space") or {})}
+    try:
+        campaign = Campaign.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = first["msg"].removeprefix("Value error, ")
+        raise CampaignError(f"{path}: {_location(first['loc'])}: {message}{more}") from None
+    return campaign.model_copy(update={"source": path})

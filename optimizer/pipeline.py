@@ -1,0 +1,243 @@
+"""One candidate, start to finish, in whatever process runs it (a Ray worker or the driver).
+
+load baseline → prune → export + quantize + measure (latency first: a candidate already slower
+than the best feasible one stops here, before any fine-tuning) → train → export → quantize →
+evaluate the deployable ONNX → measure it → an outcome the driver records. Nothing here touches
+the study: the driver is its only writer.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .agent_client import AgentClient, MeasurementFailed
+from .baseline import load_model
+from .config import Campaign
+from .export import export_onnx
+from .model_stats import count_macs, count_params, onnx_size_bytes
+from .plugin_manager import build_plugin_manager, collect_techniques
+from .technique import OnnxArtifact, StageContext, TrialPruned
+
+ShouldPrune = Callable[[int, float], bool]
+
+
+@dataclass
+class TrialRequest:
+    campaign: Campaign
+    number: int
+    params: dict[str, Any]
+    checkpoint: Path
+    agent_url: str
+    agent_token: str | None
+    device_info: dict[str, Any]
+    work_dir: Path
+    baseline: dict[str, float] | None = None  # accuracy and latency; None for the baseline
+    cut_latency_ms: float | None = None  # best feasible latency so far
+    save_weights: Path | None = None  # write the final torch weights here (safetensors)
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    latency_ms: float | None = None
+    accuracy: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    intermediate: list[tuple[int, float]] = field(default_factory=list)
+
+
+@functools.cache
+def _splits(data_json: str) -> Any:
+    from .config import DataConfig
+
+    data = DataConfig.model_validate_json(data_json)
+    manager = build_plugin_manager()
+    sources: dict[str, Any] = {}
+    for registered in manager.hook.vitopt_register_datasets():
+        sources.update(registered)
+    return sources[data.source](data)
+
+
+def load_splits(campaign: Campaign) -> Any:
+    """The campaign's data, loaded once per process."""
+    return _splits(campaign.data.model_dump_json())
+
+
+def _task(manager: Any, name: str) -> Any:
+    tasks: dict[str, Any] = {}
+    for registered in manager.hook.vitopt_register_tasks():
+        tasks.update(registered)
+    return tasks[name]
+
+
+class _Measurer:
+    def __init__(self, request: TrialRequest):
+        measure = request.campaign.agents.measure
+        self.client = AgentClient(request.agent_url, request.agent_token)
+        self.spec = {
+            "warmup": measure.warmup,
+            "iterations": measure.iterations,
+            "repeats": measure.repeats,
+        }
+        self.metric = request.campaign.objective.metric
+
+    def __call__(self, artifact: OnnxArtifact) -> dict[str, Any]:
+        return self.client.measure(artifact.path, dict(self.spec, precision=artifact.precision))
+
+
+def _latency_attrs(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    latency = result["latency_ms"]
+    attrs = {f"{prefix}latency_{k}_ms": latency[k] for k in ("p50", "p90", "p99", "mean", "std")}
+    attrs[f"{prefix}latency_cv"] = latency["cv"]
+    return attrs
+
+
+def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) -> TrialOutcome:
+    """Run one trial; never raises (a failure is a FAIL outcome with its reason)."""
+    outcome = TrialOutcome(request.number, "FAIL")
+    started = time.monotonic()
+    try:
+        _run(request, outcome, should_prune)
+    except TrialPruned:
+        outcome.state = "PRUNED"
+        outcome.attrs.setdefault("pruned_reason", "validation accuracy (Optuna pruner)")
+    except MeasurementFailed as exc:
+        outcome.state = "FAIL"
+        outcome.attrs["fail_reason"] = f"agent: {exc}"
+        outcome.attrs["fail_status"] = exc.status
+        outcome.attrs["candidate_fault"] = exc.candidate_fault
+    except Exception as exc:
+        outcome.state = "FAIL"
+        outcome.attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
+        outcome.attrs["traceback"] = traceback.format_exc()[-4000:]
+    outcome.attrs["trial_wall_s"] = time.monotonic() - started
+    return outcome
+
+
+def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune | None) -> None:
+    campaign = request.campaign
+    torch.set_num_threads(campaign.execution.torch_threads)
+    seed = campaign.search.seed + request.number
+    torch.manual_seed(seed)
+    params = request.params
+    work = request.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+
+    manager = build_plugin_manager(campaign.plugins.disable)
+    stages: dict[str, list[Any]] = {"prune": [], "train": [], "quantize": []}
+    for registered in collect_techniques(manager):
+        stages[registered.technique.stage].append(registered.technique)
+    splits = load_splits(campaign)
+    model = load_model(campaign, splits.num_classes, request.checkpoint)
+    teacher = copy.deepcopy(model).eval() if params.get("distill.enabled") else None
+
+    def report(step: int, value: float) -> None:
+        outcome.intermediate.append((step, value))
+        if should_prune is not None and should_prune(step, value):
+            raise TrialPruned(f"pruned at epoch {step} with validation accuracy {value:.4f}")
+
+    ctx = StageContext(
+        input_shape=(1, *splits.input_shape),
+        num_classes=splits.num_classes,
+        train_loader=DataLoader(
+            splits.train,
+            batch_size=campaign.data.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        ),
+        val_loader=DataLoader(splits.val, batch_size=256),
+        task=_task(manager, campaign.task.name),
+        teacher=teacher,
+        device_info=request.device_info,
+        work_dir=work,
+        seed=seed,
+        report=report,
+        calibration_size=campaign.data.calibration_size,
+    )
+    measure = _Measurer(request)
+    example = torch.randn(ctx.input_shape)
+
+    for technique in stages["prune"]:
+        model = technique.apply(model, params, ctx)
+    outcome.attrs["params_count"] = count_params(model)
+    outcome.attrs["macs"] = count_macs(model, ctx.input_shape)
+
+    def deployable(name: str) -> OnnxArtifact:
+        artifact = OnnxArtifact(export_onnx(model, example, work / f"{name}.onnx"))
+        for technique in stages["quantize"]:
+            artifact = technique.apply(artifact, params, ctx)
+        return artifact
+
+    artifact = deployable("architecture")
+    result = measure(artifact)
+    probe_latency = result["latency_ms"][measure.metric]
+    outcome.attrs["probe_latency_ms"] = probe_latency
+    cut = request.cut_latency_ms
+    if cut is not None and probe_latency >= cut:
+        outcome.state = "PRUNED"
+        outcome.latency_ms = probe_latency
+        outcome.attrs["pruned_reason"] = (
+            f"latency first: {probe_latency:.3f} ms is not better than the best feasible "
+            f"{cut:.3f} ms, so no fine-tuning was spent on it"
+        )
+        return
+    before = _fingerprint(model)
+    for technique in stages["train"]:
+        model = technique.apply(model, params, ctx)
+    if _fingerprint(model) != before:  # retrained: the deployable file and its timing change
+        artifact = deployable("candidate")
+        result = measure(artifact)
+
+    if request.save_weights is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, request.save_weights)
+    accuracy = ctx.task.evaluate_onnx(artifact.path, splits.test)
+    latency = result["latency_ms"][measure.metric]
+    outcome.state = "COMPLETE"
+    outcome.latency_ms = latency
+    outcome.accuracy = accuracy
+    outcome.attrs.update(_latency_attrs(result))
+    outcome.attrs.update(
+        {
+            "accuracy": accuracy,
+            "precision": artifact.precision,
+            "model_size_bytes": onnx_size_bytes(artifact.path),
+            "peak_memory_mb": result.get("peak_memory_mb"),
+            "energy_per_inference_mj": (result.get("power") or {}).get("energy_per_inference_mj"),
+            "remeasured": result.get("remeasured"),
+            "device": result.get("device"),
+            "backend": result["backend"]["name"],
+            "backend_version": result["backend"]["version"],
+        }
+    )
+    if request.baseline is not None:
+        outcome.attrs["speedup"] = request.baseline["latency_ms"] / latency
+        outcome.attrs["accuracy_drop"] = request.baseline["accuracy"] - accuracy
+    else:
+        outcome.attrs["speedup"] = 1.0
+        outcome.attrs["accuracy_drop"] = 0.0
+    report_path = work / "measurement.json"
+    report_path.write_text(json.dumps(result, indent=1))
+    outcome.artifacts = {"model.onnx": str(artifact.path), "measurement.json": str(report_path)}
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()

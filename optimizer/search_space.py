@@ -1,0 +1,145 @@
+"""The search space: what installed techniques declare, narrowed by the campaign file and by what
+the target device can run.
+
+Parameters are sampled define-by-run on an Optuna trial, in declaration order, so conditional
+parameters (``when``) see the values they depend on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+
+from .config import CampaignError, ParamOverride
+from .technique import ParamSpec
+
+PRECISION_PARAM = "quantize.precision"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: tuple[ParamSpec, ...]
+    fixed: Mapping[str, Any]
+    baseline: Mapping[str, Any]  # every technique at its declared default: "do nothing"
+    notes: tuple[str, ...] = ()
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        values: dict[str, Any] = dict(self.fixed)
+        for spec in self.params:
+            if spec.name in self.fixed:
+                continue
+            active = all(values.get(dep) in allowed for dep, allowed in spec.when.items())
+            values[spec.name] = _suggest(trial, spec) if active else spec.default
+        return values
+
+    def active_names(self) -> list[str]:
+        return [spec.name for spec in self.params if spec.name not in self.fixed]
+
+
+def _suggest(trial: optuna.trial.BaseTrial, spec: ParamSpec) -> Any:
+    if spec.kind == "float":
+        return trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if spec.kind == "int":
+        step = int(spec.step or 1)
+        return trial.suggest_int(spec.name, int(spec.low), int(spec.high), log=spec.log, step=step)
+    if spec.kind == "bool":
+        return trial.suggest_categorical(spec.name, [False, True])
+    return trial.suggest_categorical(spec.name, list(spec.choices or ()))
+
+
+def _override(spec: ParamSpec, override: ParamOverride, where: str) -> ParamSpec:
+    changes: dict[str, Any] = {}
+    if override.choices is not None:
+        if spec.kind != "categorical":
+            raise CampaignError(f"{where}: choices given, but {spec.name} is a {spec.kind}")
+        unknown = [c for c in override.choices if c not in (spec.choices or ())]
+        if unknown:
+            raise CampaignError(
+                f"{where}: {unknown} not among the choices {list(spec.choices or ())}"
+            )
+        changes["choices"] = tuple(override.choices)
+        if spec.default not in override.choices:
+            changes["default"] = override.choices[0]
+    for key in ("low", "high", "log"):
+        value = getattr(override, key)
+        if value is not None:
+            if spec.kind not in ("float", "int"):
+                raise CampaignError(f"{where}: {key} given, but {spec.name} is a {spec.kind}")
+            changes[key] = value
+    if "low" in changes or "high" in changes:
+        low, high = changes.get("low", spec.low), changes.get("high", spec.high)
+        changes["default"] = min(max(spec.default, low), high)
+    narrowed = replace(spec, **changes)
+    try:
+        narrowed.validate()
+    except ValueError as exc:
+        raise CampaignError(f"{where}: {exc}") from exc
+    return narrowed
+
+
+def build_search_space(
+    declared: Sequence[ParamSpec],
+    overrides: Mapping[str, ParamOverride],
+    device_precisions: Sequence[str] | None,
+    source: str = "campaign",
+) -> SearchSpace:
+    """Apply the campaign's overrides, then drop precisions the device cannot run."""
+    by_name = {spec.name: spec for spec in declared}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise CampaignError(
+            f"{source}: search.space.{unknown[0]}: no installed technique declares this "
+            f"parameter; known: {', '.join(sorted(by_name))}"
+        )
+    fixed: dict[str, Any] = {}
+    params: list[ParamSpec] = []
+    for spec in declared:
+        override = overrides.get(spec.name)
+        where = f"{source}: search.space.{spec.name}"
+        if override is not None and override.fixed is not None:
+            fixed[spec.name] = override.fixed
+        if override is not None:
+            spec = _override(spec, override, where)
+        params.append(spec)
+    notes: list[str] = []
+    if device_precisions is not None:
+        params, fixed = _fit_precisions(params, fixed, device_precisions, notes, source)
+    baseline = {spec.name: spec.default for spec in declared}
+    return SearchSpace(tuple(params), fixed, baseline, tuple(notes))
+
+
+def _fit_precisions(
+    params: list[ParamSpec],
+    fixed: dict[str, Any],
+    device: Sequence[str],
+    notes: list[str],
+    source: str,
+) -> tuple[list[ParamSpec], dict[str, Any]]:
+    result = []
+    for spec in params:
+        if spec.name != PRECISION_PARAM:
+            result.append(spec)
+            continue
+        if PRECISION_PARAM in fixed and fixed[PRECISION_PARAM] not in device:
+            raise CampaignError(
+                f"{source}: search.space.{PRECISION_PARAM}: fixed to {fixed[PRECISION_PARAM]}, "
+                f"which the device cannot run (it runs {', '.join(device)})"
+            )
+        kept = tuple(c for c in spec.choices or () if c in device)
+        dropped = [c for c in spec.choices or () if c not in device]
+        if dropped:
+            notes.append(
+                f"{PRECISION_PARAM}: removed {', '.join(dropped)} (the device runs "
+                f"{', '.join(device)})"
+            )
+        if not kept:
+            raise CampaignError(
+                f"{source}: search.space.{PRECISION_PARAM}: none of the choices can run on the "
+                f"device (it runs {', '.join(device)})"
+            )
+        default = spec.default if spec.default in kept else kept[0]
+        result.append(replace(spec, choices=kept, default=default))
+    return result, fixed

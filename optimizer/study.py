@@ -1,0 +1,148 @@
+"""The Optuna study of a campaign: storage, sampler, pruner, constraints, and how one trial's
+outcome is written (values, constraints, user attributes, artifacts)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from .config import Campaign
+from .pipeline import TrialOutcome
+
+# The system attribute optuna-dashboard reads to show feasibility; Optuna's constrained samplers
+# write the same key after each trial.
+CONSTRAINTS_KEY = "constraints"
+# A trial stopped before its accuracy was known cannot be called feasible.
+UNKNOWN_CONSTRAINT = 1.0
+BASELINE_ATTR = "baseline"
+INTERRUPTED_ATTR = "interrupted"
+
+
+def constraints_of(trial: FrozenTrial) -> list[float]:
+    """Optuna's constraints_func: values <= 0 are satisfied."""
+    return list(trial.user_attrs.get(CONSTRAINTS_KEY, [UNKNOWN_CONSTRAINT]))
+
+
+def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
+    seed = campaign.search.seed
+    if campaign.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if campaign.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_of)
+    return optuna.samplers.TPESampler(
+        seed=seed, constraints_func=constraints_of, n_startup_trials=5, multivariate=True
+    )
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Wait for a lock instead of failing at once when a dashboard reads the file.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
+    return optuna.storages.RDBStorage(url)
+
+
+def open_study(campaign: Campaign) -> optuna.Study:
+    pareto = campaign.objective.mode == "pareto"
+    pruner = (
+        optuna.pruners.NopPruner()
+        if pareto
+        else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    )
+    return optuna.create_study(
+        storage=_storage(campaign.storage_url),
+        study_name=campaign.name,
+        sampler=_sampler(campaign),
+        pruner=pruner,
+        directions=["minimize", "maximize"] if pareto else ["minimize"],
+        load_if_exists=True,
+    )
+
+
+def artifact_store(campaign: Campaign) -> FileSystemArtifactStore:
+    path = campaign.run_dir / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and the dashboard) have no NaN or infinity
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def constraint_values(campaign: Campaign, outcome: TrialOutcome) -> list[float]:
+    objective = campaign.objective
+    if outcome.state != "COMPLETE":
+        values = [UNKNOWN_CONSTRAINT]
+        if objective.max_memory_mb is not None:
+            values.append(UNKNOWN_CONSTRAINT)
+        return values
+    values = [outcome.attrs["accuracy_drop"] - objective.max_accuracy_drop]
+    if objective.max_memory_mb is not None:
+        values.append((outcome.attrs.get("peak_memory_mb") or 0) - objective.max_memory_mb)
+    return values
+
+
+def record(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    campaign: Campaign,
+    store: FileSystemArtifactStore,
+) -> FrozenTrial:
+    reported = study._storage.get_trial(trial._trial_id).intermediate_values
+    for step, value in outcome.intermediate:
+        if step not in reported:
+            trial.report(value, step)
+    attrs = dict(outcome.attrs)
+    if outcome.latency_ms is not None:
+        attrs["latency_ms"] = outcome.latency_ms
+    constraints = constraint_values(campaign, outcome)
+    attrs[CONSTRAINTS_KEY] = constraints
+    attrs["feasible"] = outcome.state == "COMPLETE" and all(c <= 0 for c in constraints)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, _jsonable(value))
+    study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, constraints)
+    if outcome.state == "COMPLETE":
+        for path in outcome.artifacts.values():
+            upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+        values: Any = outcome.latency_ms
+        if campaign.objective.mode == "pareto":
+            values = [outcome.latency_ms, outcome.accuracy]
+        return study.tell(trial, values)
+    state = TrialState.PRUNED if outcome.state == "PRUNED" else TrialState.FAIL
+    return study.tell(trial, state=state)
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get(BASELINE_ATTR):
+            return trial
+    return None
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("feasible")
+    ]
+    return min(feasible, key=lambda t: t.user_attrs["latency_ms"], default=None)
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that count towards the campaign's target (interrupted ones re-run)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=done)
+        if not t.user_attrs.get(INTERRUPTED_ATTR)
+    ]

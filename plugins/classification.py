@@ -1,0 +1,88 @@
+"""The classification task and its data sources (digits offline; an image folder on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from optimizer.hookspecs import hookimpl
+
+from .digits import Splits, load_digits_splits
+
+
+class Classification:
+    """Top-1 accuracy, measured on the deployable ONNX file through onnxruntime."""
+
+    name = "classification"
+    metric = "top1"
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    @staticmethod
+    def evaluate_onnx(path: Path, dataset: Any, threads: int = 1) -> float:
+        """Top-1 of the ONNX model at ``path`` on ``dataset``, one image at a time (the exported
+        graph has a static batch of 1, as deployed)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        correct = 0
+        for index in range(len(dataset)):
+            image, label = dataset[index]
+            logits = session.run(None, {name: image.unsqueeze(0).numpy().astype(np.float32)})[0]
+            correct += int(int(logits.argmax()) == int(label))
+        return correct / max(len(dataset), 1)
+
+
+def load_image_folder(path: Path, image_size: int, seed: int, val_fraction: float) -> Splits:
+    """``path/train/<class>/*`` and ``path/val/<class>/*``; val is split in half into the
+    validation set (fine-tuning feedback) and the held-out test set (final accuracy)."""
+    from torchvision import datasets, transforms
+
+    for part in ("train", "val"):
+        if not (path / part).is_dir():
+            raise FileNotFoundError(f"{path / part} is missing (expected train/ and val/ folders)")
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
+    train = datasets.ImageFolder(str(path / "train"), transform=transform)
+    held_out = datasets.ImageFolder(str(path / "val"), transform=transform)
+    order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed)).tolist()
+    half = len(order) // 2
+    return Splits(
+        train=train,
+        val=torch.utils.data.Subset(held_out, order[:half]),
+        test=torch.utils.data.Subset(held_out, order[half:]),
+        num_classes=len(train.classes),
+        input_shape=(3, image_size, image_size),
+    )
+
+
+def _digits(data: Any) -> Splits:
+    return load_digits_splits(data.image_size, data.val_fraction, data.test_fraction, data.seed)
+
+
+def _image_folder(data: Any) -> Splits:
+    return load_image_folder(Path(data.path), data.image_size, data.seed, data.val_fraction)
+
+
+@hookimpl
+def vitopt_register_tasks() -> dict[str, Any]:
+    return {"classification": Classification()}
+
+
+@hookimpl
+def vitopt_register_datasets() -> dict[str, Any]:
+    return {"digits": _digits, "imagefolder": _image_folder}

@@ -1,0 +1,115 @@
+"""Campaign files: valid ones load; broken ones give one clear line naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from optimizer.config import CampaignError, load_campaign
+
+REPO = Path(__file__).resolve().parent.parent
+MINIMAL = {
+    "name": "t",
+    "model": {"name": "vit_tiny_patch16_224"},
+    "objective": {"max_accuracy_drop": 0.01},
+}
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "campaign.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _with(**sections: object) -> dict:
+    data = {**MINIMAL}
+    for dotted, value in sections.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node[key] = dict(node.get(key) or {})
+            node = node[key]
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ("name: [unclosed", "line 1: not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping of sections"),
+        ({"name": "t", "objective": {"max_accuracy_drop": 0.01}}, "model: Field required"),
+        (_with(objective={}), "objective.max_accuracy_drop: Field required"),
+        (
+            _with(objective={"max_accuracy_drop": 2}),
+            "objective.max_accuracy_drop: Input should be less than or equal to 1",
+        ),
+        (
+            _with(objective={"max_accuracy_drop": 0.01, "mode": "fastest"}),
+            "objective.mode: Input should be 'latency' or 'pareto'",
+        ),
+        (_with(search__trials=0), "search.trials: Input should be greater than or equal to 1"),
+        (
+            _with(search__sampler="grid"),
+            "search.sampler: Input should be 'tpe', 'random' or 'nsga2'",
+        ),
+        (_with(data__source="imagefolder"), "data: source imagefolder needs a path"),
+        (_with(data__image_size="big"), "data.image_size: Input should be a valid integer"),
+        (
+            _with(execution__workers=-1),
+            "execution.workers: Input should be greater than or equal to 0",
+        ),
+        (_with(agents__urls=["ftp://nano"]), "agents.urls: 'ftp://nano' is not an http(s) URL"),
+        (_with(modle={"name": "x"}), "modle: Extra inputs are not permitted"),
+        (
+            _with(search__space={"prune.ratio": {"lo": 0.1}}),
+            "search.space.prune.ratio.lo: Extra inputs are not permitted",
+        ),
+        (_with(name="my campaign!"), "name: String should match pattern"),
+        (
+            _with(teacher={"name": "deit_small_patch16_224"}),
+            "teacher: a teacher other than the baseline needs a checkpoint",
+        ),
+    ],
+)
+def test_broken_campaigns_name_the_key(tmp_path: Path, data: object, fragment: str) -> None:
+    path = _write(tmp_path, data)
+    with pytest.raises(CampaignError) as error:
+        load_campaign(path)
+    message = str(error.value)
+    assert message.startswith(str(path))
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CampaignError, match="cannot read"):
+        load_campaign(tmp_path / "nope.yaml")
+
+
+def test_defaults_overrides_and_storage(tmp_path: Path) -> None:
+    campaign = load_campaign(_write(tmp_path, MINIMAL), **{"search.trials": 7, "storage": None})
+    assert campaign.search.trials == 7
+    assert campaign.storage_url == "sqlite:///runs/t/study.db"
+    assert campaign.data.source == "digits"
+    assert campaign.objective.latency_first_cut is True
+
+
+def test_space_file_is_merged_and_campaign_wins(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(
+        "prune.ratio: {low: 0.1, high: 0.4}\nquantize.precision: {choices: [fp32]}\n"
+    )
+    data = _with(search__space_file="space.yaml", search__space={"prune.ratio": {"high": 0.3}})
+    campaign = load_campaign(_write(tmp_path, data))
+    assert campaign.search.space["prune.ratio"].high == 0.3
+    assert campaign.search.space["prune.ratio"].low is None
+    assert campaign.search.space["quantize.precision"].choices == ["fp32"]
+
+
+def test_shipped_campaigns_are_valid() -> None:
+    files = sorted((REPO / "search_spaces").glob("*.yaml"))
+    assert files
+    for path in files:
+        load_campaign(path)

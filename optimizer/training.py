@@ -37,7 +37,7 @@ def train_epochs(
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(labels)
+            total += float(loss.detach()) * len(labels)
             count += len(labels)
         losses.append(total / max(count, 1))
         model.eval()

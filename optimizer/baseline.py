@@ -63,6 +63,8 @@ def prepare_baseline(
     if campaign.model.checkpoint is not None:
         raise FileNotFoundError(f"model.checkpoint {path} does not exist")
     torch.manual_seed(campaign.search.seed)
+    # As many threads as a trial gets: more oversubscribe a shared machine and crawl.
+    torch.set_num_threads(campaign.execution.torch_threads)
     model = build_model(campaign.model, splits.num_classes, campaign.data.image_size)
     train = campaign.model.train
     loader = DataLoader(

@@ -34,6 +34,7 @@ from .search_space import SearchSpace, build_search_space
 from .study import (
     BASELINE_ATTR,
     INTERRUPTED_ATTR,
+    RESOLVED_PARAMS_ATTR,
     artifact_store,
     baseline_trial,
     best_feasible,
@@ -311,11 +312,11 @@ def _submit_more(study, setup: Setup, executor, running, target, deadline, manag
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         if base is None and not is_baseline:
             raise CampaignFailed("no baseline trial in the study; start a new campaign name")
-        if is_baseline:  # not sampled: the uncompressed model, whatever the space's ranges
-            params = dict(setup.space.baseline)
-            trial.set_user_attr("baseline_params", params)
-        else:
-            params = setup.space.sample(trial)
+        # The baseline is not sampled: the uncompressed model, whatever the space's ranges.
+        params = dict(setup.space.baseline) if is_baseline else setup.space.sample(trial)
+        # Everything the pipeline saw, fixed and inactive values included, so that
+        # 'vitopt export' rebuilds exactly this candidate.
+        trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
         manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
         best = best_feasible(study)
         cut = None

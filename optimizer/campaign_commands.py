@@ -24,7 +24,7 @@ from .campaign import (
 from .config import Campaign, CampaignError, load_campaign
 from .pipeline import TrialRequest, run_trial
 from .plugin_manager import PluginError
-from .study import baseline_trial, best_feasible, counted_trials
+from .study import RESOLVED_PARAMS_ATTR, baseline_trial, best_feasible, counted_trials
 
 USER_ERRORS = (CampaignError, PluginError, CampaignFailed, AgentError, FileNotFoundError)
 _campaign_arg = click.argument(
@@ -109,7 +109,7 @@ def run(
     try:
         summary = run_campaign(campaign, console, workers, agent_url)
     except CampaignInterrupted as exc:
-        console.print(f"[yellow]{exc}[/]")
+        Console(stderr=True).print(f"[yellow]{exc}[/]")
         raise SystemExit(130) from exc
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
@@ -219,7 +219,7 @@ def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) ->
                 TrialRequest(
                     campaign=campaign,
                     number=trial.number,
-                    params=dict(trial.params),
+                    params=dict(trial.user_attrs[RESOLVED_PARAMS_ATTR]),
                     checkpoint=setup.checkpoint,
                     agent_url=url,
                     agent_token=token,
@@ -243,7 +243,7 @@ def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) ->
     report = {
         "campaign": campaign.name,
         "trial": trial.number,
-        "params": trial.params,
+        "params": trial.user_attrs[RESOLVED_PARAMS_ATTR],
         "recorded": {k: trial.user_attrs.get(k) for k in ("accuracy", "latency_ms", "speedup")},
         "rebuilt": {k: outcome.attrs.get(k) for k in ("accuracy", "latency_p50_ms", "speedup")},
         "attrs": outcome.attrs,

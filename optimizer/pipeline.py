@@ -12,6 +12,7 @@ import copy
 import functools
 import hashlib
 import json
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -230,9 +231,11 @@ def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune
     else:
         outcome.attrs["speedup"] = 1.0
         outcome.attrs["accuracy_drop"] = 0.0
+    deployed = work / "model.onnx"  # the name a reviewer downloads, whatever stage wrote it
+    shutil.copyfile(artifact.path, deployed)
     report_path = work / "measurement.json"
     report_path.write_text(json.dumps(result, indent=1))
-    outcome.artifacts = {"model.onnx": str(artifact.path), "measurement.json": str(report_path)}
+    outcome.artifacts = {"model.onnx": str(deployed), "measurement.json": str(report_path)}
 
 
 def _fingerprint(model: torch.nn.Module) -> str:

@@ -14,18 +14,11 @@ from optuna.trial import FrozenTrial, TrialState
 from .config import Campaign
 from .pipeline import TrialOutcome
 
-# The system attribute optuna-dashboard reads to show feasibility; Optuna's constrained samplers
-# write the same key after each trial.
-CONSTRAINTS_KEY = "constraints"
 # A trial stopped before its accuracy was known cannot be called feasible.
 UNKNOWN_CONSTRAINT = 1.0
 BASELINE_ATTR = "baseline"
 INTERRUPTED_ATTR = "interrupted"
-
-
-def constraints_of(trial: FrozenTrial) -> list[float]:
-    """Optuna's constraints_func: values <= 0 are satisfied."""
-    return list(trial.user_attrs.get(CONSTRAINTS_KEY, [UNKNOWN_CONSTRAINT]))
+RESOLVED_PARAMS_ATTR = "resolved_params"
 
 
 def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
@@ -33,10 +26,9 @@ def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
     if campaign.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if campaign.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_of)
-    return optuna.samplers.TPESampler(
-        seed=seed, constraints_func=constraints_of, n_startup_trials=5, multivariate=True
-    )
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    # Optuna 5's samplers read the constraints each trial sets (Trial.set_constraint).
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
@@ -78,16 +70,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def constraint_values(campaign: Campaign, outcome: TrialOutcome) -> list[float]:
+def constraint_values(campaign: Campaign, outcome: TrialOutcome) -> dict[str, float]:
+    """Named Optuna constraints (<= 0 is satisfied): accuracy drop minus the budget, and peak
+    memory minus its budget when the campaign sets one."""
     objective = campaign.objective
-    if outcome.state != "COMPLETE":
-        values = [UNKNOWN_CONSTRAINT]
-        if objective.max_memory_mb is not None:
-            values.append(UNKNOWN_CONSTRAINT)
-        return values
-    values = [outcome.attrs["accuracy_drop"] - objective.max_accuracy_drop]
+    complete = outcome.state == "COMPLETE"
+    values = {
+        "accuracy_drop": outcome.attrs["accuracy_drop"] - objective.max_accuracy_drop
+        if complete
+        else UNKNOWN_CONSTRAINT
+    }
     if objective.max_memory_mb is not None:
-        values.append((outcome.attrs.get("peak_memory_mb") or 0) - objective.max_memory_mb)
+        values["peak_memory_mb"] = (
+            (outcome.attrs.get("peak_memory_mb") or 0) - objective.max_memory_mb
+            if complete
+            else UNKNOWN_CONSTRAINT
+        )
     return values
 
 
@@ -106,11 +104,11 @@ def record(
     if outcome.latency_ms is not None:
         attrs["latency_ms"] = outcome.latency_ms
     constraints = constraint_values(campaign, outcome)
-    attrs[CONSTRAINTS_KEY] = constraints
-    attrs["feasible"] = outcome.state == "COMPLETE" and all(c <= 0 for c in constraints)
+    attrs["feasible"] = outcome.state == "COMPLETE" and all(c <= 0 for c in constraints.values())
     for key, value in attrs.items():
         trial.set_user_attr(key, _jsonable(value))
-    study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, constraints)
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
     if outcome.state == "COMPLETE":
         for path in outcome.artifacts.values():
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)

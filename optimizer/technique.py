@@ -24,6 +24,9 @@ Precision = Literal["fp32", "fp16", "int8"]
 class ParamSpec:
     """One search parameter. ``name`` is fully qualified, e.g. ``prune.ratio``.
 
+    ``default`` must be the value that leaves the model as it is (no pruning, no fine-tuning,
+    fp32): the campaign's baseline trial is every technique at its defaults.
+
     ``when`` makes the parameter conditional: it is sampled only when every named earlier
     parameter has one of the listed values (``{"prune.method": ["heads", "mlp"]}``); otherwise
     the technique sees ``default``.

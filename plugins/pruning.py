@@ -325,7 +325,7 @@ class TorchPruning:
             ParamSpec(
                 "prune.method",
                 "categorical",
-                default="heads+mlp",
+                default="none",  # the baseline: nothing removed
                 choices=METHODS,
                 help="what to remove: attention heads, MLP hidden channels, both, or nothing",
             ),

@@ -114,7 +114,7 @@ def test_registered_and_search_space_valid() -> None:
     for spec in specs.values():
         spec.validate()
     assert specs["prune.method"].choices == METHODS
-    assert specs["prune.method"].default == "heads+mlp"
+    assert specs["prune.method"].default == "none"  # the baseline prunes nothing
     assert (specs["prune.ratio"].low, specs["prune.ratio"].high) == (0.1, 0.7)
     assert specs["prune.ratio"].default == 0.3
     assert specs["prune.importance"].choices == ("magnitude", "taylor")

@@ -1,0 +1,168 @@
+"""Whole campaigns as a user runs them: Ray workers, the real agent on loopback, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.artifacts import get_all_artifact_meta
+from optuna.trial import TrialState
+
+from optimizer.cli import main
+
+# A campaign small enough for CI's 2 cores: 16 px digits, a 2-block ViT with 4 heads.
+TINY = {
+    "name": "tiny",
+    "model": {
+        "name": "vit_tiny_patch16_224",
+        "kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4},
+        "train": {"epochs": 12, "lr": 0.003},
+    },
+    "data": {"source": "digits", "image_size": 16, "calibration_size": 16},
+    "objective": {"max_accuracy_drop": 0.15},
+    "search": {
+        "seed": 0,
+        "trials": 5,
+        "space": {"train.epochs": {"low": 1, "high": 1}, "prune.ratio": {"low": 0.4, "high": 0.7}},
+    },
+    "execution": {"workers": 2},
+    "agents": {"measure": {"warmup": 5, "iterations": 30, "repeats": 2}},
+}
+
+
+def _campaign(tmp_path: Path, **changes: object) -> Path:
+    data = json.loads(json.dumps(TINY))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture()
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
+    # Sub-millisecond latencies sit within noise of each other, so the latency-first cut would
+    # stop most candidates here; it is exercised by the resume test instead.
+    campaign = _campaign(in_tmp, **{"objective.latency_first_cut": False})
+    result = CliRunner().invoke(main, ["run", str(campaign), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (
+        summary["trials"]["complete"] + summary["trials"]["pruned"] + summary["trials"]["failed"]
+        == 5
+    )
+
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] is True
+    assert baseline.state == TrialState.COMPLETE
+    assert baseline.user_attrs["speedup"] == 1.0
+    assert baseline.user_attrs["accuracy"] > 0.5
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 2
+    for trial in complete:
+        attrs = trial.user_attrs
+        for key in (
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "latency_cv",
+            "speedup",
+            "accuracy_drop",
+            "params_count",
+            "macs",
+            "model_size_bytes",
+            "device",
+            "backend",
+        ):
+            assert key in attrs, (trial.number, key)
+        assert attrs["latency_p50_ms"] <= attrs["latency_p99_ms"]
+        assert set(trial.constraints) == {"accuracy_drop"}
+        assert attrs["feasible"] == (trial.constraints["accuracy_drop"] <= 0)
+        names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
+        assert names == {"model.onnx", "measurement.json"}
+    pruned_models = [t for t in complete if t.params.get("prune.method", "none") != "none"]
+    for trial in pruned_models:
+        assert trial.user_attrs["params_count"] < baseline.user_attrs["params_count"]
+    assert any(t.user_attrs["feasible"] for t in complete)
+    assert summary["best"] is not None
+
+    status = CliRunner().invoke(main, ["status", str(campaign)])
+    assert status.exit_code == 0, status.output
+    assert "best" in status.output or "top" in status.output
+
+    out = in_tmp / "export"
+    exported = CliRunner().invoke(
+        main, ["export", str(campaign), "--trial", "best", "--out", str(out)]
+    )
+    assert exported.exit_code == 0, exported.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["rebuilt"]["accuracy"] == pytest.approx(report["recorded"]["accuracy"], abs=1e-9)
+    assert (out / "model.onnx").stat().st_size > 0
+    assert (out / "model.safetensors").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path) -> None:
+    campaign = _campaign(in_tmp, **{"search.trials": 4, "execution.workers": 1})
+    command = [sys.executable, "-m", "optimizer", "run", str(campaign)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=in_tmp
+    )
+    storage = "sqlite:///runs/tiny/study.db"
+    deadline = time.monotonic() + 300
+    finished = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+        if not (in_tmp / "runs" / "tiny" / "study.db").exists():
+            continue
+        try:
+            study = optuna.load_study(study_name="tiny", storage=storage)
+        except KeyError:
+            continue
+        finished = len([t for t in study.trials if t.state.is_finished()])
+        if finished >= 2:
+            break
+    assert finished >= 2, "the campaign never got going"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Run the same command again to resume" in stderr
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    kept = {
+        t.number: t.state
+        for t in study.trials
+        if t.state.is_finished() and not t.user_attrs.get("interrupted")
+    }
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, cwd=in_tmp, env=dict(os.environ), timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    counted = [
+        t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")
+    ]
+    assert len(counted) == 4
+    for number, state in kept.items():
+        assert study.trials[number].state == state

@@ -833,3 +833,18 @@ def test_nothing_reaches_stdout(tmp_path, model_file, capfd):
     finally:
         session.close()
     assert capfd.readouterr().out == ""
+
+
+def test_explicit_quantization_skips_placeholder_ranges() -> None:
+    from types import SimpleNamespace
+
+    from jetson_agent.backends.tensorrt_backend import has_qdq_layers
+
+    types = SimpleNamespace(QUANTIZE="Q", DEQUANTIZE="DQ", CONVOLUTION="C")
+
+    def network(*kinds: str) -> SimpleNamespace:
+        layers = [SimpleNamespace(type=kind) for kind in kinds]
+        return SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+
+    assert has_qdq_layers(network("C", "Q", "DQ", "C"), types)
+    assert not has_qdq_layers(network("C", "C"), types)

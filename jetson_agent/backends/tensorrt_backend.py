@@ -453,6 +453,14 @@ def make_logger(trt):
     return CaptureLogger()
 
 
+def has_qdq_layers(network, layer_types):
+    """Whether the network carries explicit quantization (a QDQ graph, e.g. from NNCF): then
+    TensorRT takes the scales from the graph and refuses dynamic ranges set beside them
+    ("Setting dynamic range is only allowed when there are no Q/DQ layers")."""
+    qdq = (layer_types.QUANTIZE, layer_types.DEQUANTIZE)
+    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
 def set_placeholder_dynamic_ranges(network):
     """INT8 without calibration, as trtexec does it: fixed ranges on every float tensor."""
 
@@ -784,7 +792,8 @@ class TensorRTBackend(Backend):
             config.set_flag(trt.BuilderFlag.INT8)
             if getattr(builder, "platform_has_fast_fp16", True):
                 config.set_flag(trt.BuilderFlag.FP16)
-            set_placeholder_dynamic_ranges(network)
+            if not has_qdq_layers(network, trt.LayerType):
+                set_placeholder_dynamic_ranges(network)
         if dynamic:
             profile = builder.create_optimization_profile()
             for name, dims in shapes_list:

@@ -1,0 +1,86 @@
+"""How outcomes become Optuna trials: values, named constraints, feasibility, states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from optimizer.config import load_campaign
+from optimizer.pipeline import TrialOutcome
+from optimizer.study import artifact_store, best_feasible, open_study, record
+
+
+def _campaign(tmp_path: Path, mode: str = "latency", memory: float | None = None):
+    data = {
+        "name": f"s_{mode}",
+        "model": {"name": "vit_tiny_patch16_224"},
+        "objective": {"mode": mode, "max_accuracy_drop": 0.02, "max_memory_mb": memory},
+        "storage": f"sqlite:///{tmp_path / 'study.db'}",
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_campaign(path)
+
+
+def _complete(number: int, latency: float, accuracy: float, drop: float, memory: float = 100):
+    return TrialOutcome(
+        number,
+        "COMPLETE",
+        latency,
+        accuracy,
+        attrs={
+            "accuracy": accuracy,
+            "accuracy_drop": drop,
+            "speedup": 2.0,
+            "peak_memory_mb": memory,
+        },
+    )
+
+
+@pytest.fixture()
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_latency_mode_constraints_and_best_feasible(in_tmp: Path) -> None:
+    campaign = _campaign(in_tmp, memory=150)
+    study, store = open_study(campaign), artifact_store(campaign)
+    outcomes = [
+        _complete(0, 3.0, 0.95, 0.0),
+        _complete(1, 1.0, 0.90, 0.05),  # fastest, but over the accuracy budget
+        _complete(2, 2.0, 0.94, 0.01),
+        _complete(3, 1.5, 0.95, 0.0, memory=200),  # over the memory budget
+        TrialOutcome(4, "PRUNED", 4.0, attrs={"pruned_reason": "latency first"}),
+        TrialOutcome(5, "FAIL", attrs={"fail_reason": "agent: build_failed"}),
+    ]
+    for outcome in outcomes:
+        record(study, study.ask(), outcome, campaign, store)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4 + [
+        TrialState.PRUNED,
+        TrialState.FAIL,
+    ]
+    assert trials[1].constraints == {"accuracy_drop": pytest.approx(0.03), "peak_memory_mb": -50}
+    assert trials[3].constraints["peak_memory_mb"] == 50
+    assert [t.user_attrs["feasible"] for t in trials] == [True, False, True, False, False, False]
+    assert trials[4].constraints["accuracy_drop"] > 0  # unknown accuracy is never feasible
+    assert best_feasible(study).number == 2
+    assert trials[4].user_attrs["latency_ms"] == 4.0
+
+
+def test_pareto_mode_records_latency_and_accuracy(in_tmp: Path) -> None:
+    campaign = _campaign(in_tmp, mode="pareto")
+    study, store = open_study(campaign), artifact_store(campaign)
+    for outcome in (
+        _complete(0, 3.0, 0.95, 0.0),
+        _complete(1, 1.0, 0.93, 0.02),
+        _complete(2, 2.0, 0.90, 0.05),
+    ):
+        record(study, study.ask(), outcome, campaign, store)
+    assert study.trials[1].values == [1.0, 0.93]
+    front = {t.number for t in study.best_trials}
+    assert front == {0, 1}  # trial 2 is slower than 1 and less accurate

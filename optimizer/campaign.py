@@ -293,7 +293,7 @@ def _drive(study, setup: Setup, executor, console: Console, manager, started: fl
             for trial in running.values():
                 _requeue(study, trial, "interrupted by the user")
             raise CampaignInterrupted(
-                f"stopped; {len(running)} running trial(s) will re-run. "
+                "stopped; finished trials are kept and interrupted ones will re-run. "
                 "Run the same command again to resume."
             ) from None
 
@@ -349,4 +349,9 @@ def _submit_more(study, setup: Setup, executor, running, target, deadline, manag
             trial.report(value, step)
             return trial.should_prune()
 
-        running[executor.submit(request, should_prune)] = trial
+        try:
+            handle = executor.submit(request, should_prune)
+        except KeyboardInterrupt:  # in-process trials run inside submit
+            _requeue(study, trial, "interrupted by the user")
+            raise
+        running[handle] = trial

@@ -121,8 +121,9 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path) -> None:
-    campaign = _campaign(in_tmp, **{"search.trials": 4, "execution.workers": 1})
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "ray"])
+def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path, workers: int) -> None:
+    campaign = _campaign(in_tmp, **{"search.trials": 4, "execution.workers": workers})
     command = [sys.executable, "-m", "optimizer", "run", str(campaign)]
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=in_tmp

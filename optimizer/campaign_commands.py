@@ -109,7 +109,7 @@ def run(
     try:
         summary = run_campaign(campaign, console, workers, agent_url)
     except CampaignInterrupted as exc:
-        Console(stderr=True).print(f"[yellow]{exc}[/]")
+        Console(stderr=True).print(f"[yellow]{exc}[/]", soft_wrap=True)
         raise SystemExit(130) from exc
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc

@@ -146,7 +146,7 @@ def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path, workers: int) 
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "Run the same command again to resume" in stderr
+    assert "Run the same command again to resume" in " ".join(stderr.split())
 
     study = optuna.load_study(study_name="tiny", storage=storage)
     kept = {

@@ -14,6 +14,11 @@ from optuna.trial import FrozenTrial, TrialState
 from .config import Campaign
 from .pipeline import TrialOutcome
 
+# Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
+# read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
+# reads only this form to show feasibility. Their names, in order, are a study user attribute.
+CONSTRAINTS_KEY = "constraints"
+CONSTRAINT_NAMES_ATTR = "constraint_names"
 # A trial stopped before its accuracy was known cannot be called feasible.
 UNKNOWN_CONSTRAINT = 1.0
 BASELINE_ATTR = "baseline"
@@ -71,8 +76,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def constraint_values(campaign: Campaign, outcome: TrialOutcome) -> dict[str, float]:
-    """Named Optuna constraints (<= 0 is satisfied): accuracy drop minus the budget, and peak
-    memory minus its budget when the campaign sets one."""
+    """Constraint values by name (<= 0 is satisfied): accuracy drop minus the budget, and peak
+    memory minus its budget when the campaign sets one. Always in this order."""
     objective = campaign.objective
     complete = outcome.state == "COMPLETE"
     values = {
@@ -107,8 +112,11 @@ def record(
     attrs["feasible"] = outcome.state == "COMPLETE" and all(c <= 0 for c in constraints.values())
     for key, value in attrs.items():
         trial.set_user_attr(key, _jsonable(value))
-    for key, value in constraints.items():
-        trial.set_constraint(key, value)
+    study._storage.set_trial_system_attr(
+        trial._trial_id, CONSTRAINTS_KEY, [float(v) for v in constraints.values()]
+    )
+    if study.user_attrs.get(CONSTRAINT_NAMES_ATTR) != list(constraints):
+        study.set_user_attr(CONSTRAINT_NAMES_ATTR, list(constraints))
     if outcome.state == "COMPLETE":
         for path in outcome.artifacts.values():
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)

@@ -64,10 +64,13 @@ def test_latency_mode_constraints_and_best_feasible(in_tmp: Path) -> None:
         TrialState.PRUNED,
         TrialState.FAIL,
     ]
-    assert trials[1].constraints == {"accuracy_drop": pytest.approx(0.03), "peak_memory_mb": -50}
-    assert trials[3].constraints["peak_memory_mb"] == 50
+    assert study.user_attrs["constraint_names"] == ["accuracy_drop", "peak_memory_mb"]
+    # The list form is what optuna-dashboard reads; Optuna 5 reads it as keys "0", "1".
+    assert trials[1].system_attrs["constraints"] == [pytest.approx(0.03), -50]
+    assert trials[1].constraints == {"0": pytest.approx(0.03), "1": -50}
+    assert trials[3].constraints["1"] == 50
     assert [t.user_attrs["feasible"] for t in trials] == [True, False, True, False, False, False]
-    assert trials[4].constraints["accuracy_drop"] > 0  # unknown accuracy is never feasible
+    assert trials[4].constraints["0"] > 0  # unknown accuracy is never feasible
     assert best_feasible(study).number == 2
     assert trials[4].user_attrs["latency_ms"] == 4.0
 

@@ -9,6 +9,7 @@ interrupted (FAIL with a reason) and re-queued, so ``vitopt run`` again resumes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -219,6 +220,20 @@ def _status_line(study: optuna.Study) -> str:
     return line
 
 
+def _report(trial: optuna.Trial, step: int, value: float) -> bool:
+    """Write one epoch's validation value and ask Optuna's pruner whether to stop."""
+    trial.report(value, step)
+    return trial.should_prune()
+
+
+def _answer_pruner(running: dict[Any, optuna.Trial], number: int, step: int, value: float) -> bool:
+    """A Ray trial's per-epoch question, answered by the driver (the study's only writer)."""
+    for trial in running.values():
+        if trial.number == number:
+            return _report(trial, step, value)
+    return False
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -272,7 +287,8 @@ def _drive(study, setup: Setup, executor, console: Console, manager, started: fl
                 _submit_more(study, setup, executor, running, target, deadline, manager)
                 if not running:
                     break
-                for handle, outcome in executor.wait(list(running), 0.5):
+                decide = functools.partial(_answer_pruner, running)
+                for handle, outcome in executor.wait(list(running), 0.5, decide):
                     trial = running.pop(handle)
                     frozen = record(study, trial, outcome, campaign, store)
                     manager.hook.vitopt_trial_finished(
@@ -345,10 +361,7 @@ def _submit_more(study, setup: Setup, executor, running, target, deadline, manag
             cut_latency_ms=cut,
         )
 
-        def should_prune(step: int, value: float, trial: optuna.Trial = trial) -> bool:
-            trial.report(value, step)
-            return trial.should_prune()
-
+        should_prune = functools.partial(_report, trial)
         try:
             handle = executor.submit(request, should_prune)
         except KeyboardInterrupt:  # in-process trials run inside submit

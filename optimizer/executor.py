@@ -4,10 +4,12 @@ interface; the driver owns the study either way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import ExecutionConfig
 from .pipeline import ShouldPrune, TrialOutcome, TrialRequest, run_trial
+from .prune_broker import PruneBroker
 
 
 class Executor(Protocol):
@@ -15,7 +17,15 @@ class Executor(Protocol):
 
     def submit(self, request: TrialRequest, should_prune: ShouldPrune | None) -> Any: ...
 
-    def wait(self, handles: list[Any], timeout_s: float) -> list[tuple[Any, TrialOutcome]]: ...
+    def wait(
+        self,
+        handles: list[Any],
+        timeout_s: float,
+        decide: Callable[[int, int, float], bool] | None = None,
+    ) -> list[tuple[Any, TrialOutcome]]:
+        """Finished trials among ``handles``; meanwhile pruning questions from running trials
+        are answered with ``decide(trial_number, step, value)``."""
+        ...
 
     def cancel(self, handles: list[Any]) -> None: ...
 
@@ -34,7 +44,9 @@ class InProcessExecutor:
         self._done[request.number] = run_trial(request, should_prune)
         return request.number
 
-    def wait(self, handles: list[int], timeout_s: float) -> list[tuple[int, TrialOutcome]]:
+    def wait(
+        self, handles: list[int], timeout_s: float, decide: Any = None
+    ) -> list[tuple[int, TrialOutcome]]:
         return [(h, self._done.pop(h)) for h in handles if h in self._done]
 
     def cancel(self, handles: list[int]) -> None:
@@ -47,8 +59,8 @@ class InProcessExecutor:
 
 class RayExecutor:
     """One Ray task per trial, never retried by Ray: a worker that dies fails its trial and the
-    campaign goes on. Per-epoch values reach Optuna when the trial ends (the driver is the
-    study's only writer), so the pruner does not stop Ray trials mid-training."""
+    campaign goes on. Per-epoch values travel through a broker actor to the driver, which
+    consults Optuna's pruner (see ``prune_broker.py``)."""
 
     def __init__(self, execution: ExecutionConfig, workers: int):
         import ray
@@ -64,19 +76,27 @@ class RayExecutor:
             )
         self.capacity = workers
         self._numbers: dict[Any, int] = {}
+        self._broker = PruneBroker()
         self._task = ray.remote(
             num_cpus=execution.num_cpus, num_gpus=execution.num_gpus, max_retries=0
         )(run_trial)
 
     def submit(self, request: TrialRequest, should_prune: ShouldPrune | None) -> Any:
-        ref = self._task.remote(request)
+        ref = self._task.remote(request, self._broker.for_trial(request.number))
         self._numbers[ref] = request.number
         return ref
 
-    def wait(self, handles: list[Any], timeout_s: float) -> list[tuple[Any, TrialOutcome]]:
+    def wait(
+        self,
+        handles: list[Any],
+        timeout_s: float,
+        decide: Callable[[int, int, float], bool] | None = None,
+    ) -> list[tuple[Any, TrialOutcome]]:
         if not handles:
             return []
         ready, _ = self._ray.wait(handles, num_returns=len(handles), timeout=timeout_s)
+        if decide is not None:
+            self._broker.serve(decide)
         finished = []
         for ref in ready:
             number = self._numbers.pop(ref)

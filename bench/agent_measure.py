@@ -14,8 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,29 +23,7 @@ import torch
 
 from optimizer.agent_client import AgentClient
 from optimizer.export import export_onnx
-
-
-def start_agent(cache_dir: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jetson_agent",
-            "serve",
-            "--port",
-            "0",
-            "--backend",
-            "onnxruntime",
-            "--cache-dir",
-            str(cache_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    return process, line.split("listening on ", 1)[1].split()[0]
+from optimizer.local_agent import local_agent
 
 
 def main() -> None:
@@ -70,8 +46,7 @@ def main() -> None:
         onnx_path = export_onnx(
             model, torch.randn(1, 3, args.img_size, args.img_size), Path(tmp) / "vit.onnx"
         )
-        process, url = start_agent(Path(tmp) / "cache")
-        try:
+        with local_agent(Path(tmp) / "cache", "--backend", "onnxruntime") as url:
             client = AgentClient(url)
             spec = {"warmup": 20, "iterations": args.iterations, "repeats": args.repeats}
             jobs = []
@@ -82,9 +57,6 @@ def main() -> None:
             started = time.perf_counter()
             cached = client.measure(onnx_path, dict(spec, use_cache=True))
             cache_hit_s = time.perf_counter() - started
-        finally:
-            process.terminate()
-            process.wait()
     p50s = [r["latency_ms"]["p50"] for r, _ in jobs]
     print(
         json.dumps(
@@ -102,7 +74,11 @@ def main() -> None:
                 "p50_ms": [round(x, 4) for x in p50s],
                 "cv": [round(r["latency_ms"]["cv"], 4) for r, _ in jobs],
                 "remeasured": [r["remeasured"] for r, _ in jobs],
-                "p50_across_jobs_cv": round(statistics.stdev(p50s) / statistics.mean(p50s), 4),
+                "p50_across_jobs_cv": (
+                    round(statistics.stdev(p50s) / statistics.mean(p50s), 4)
+                    if len(p50s) > 1
+                    else None
+                ),
                 "job_wall_s": [round(s, 3) for _, s in jobs],
                 "cache_hit": cached["cache"]["result_hit"],
                 "cache_hit_round_trip_ms": round(cache_hit_s * 1000, 2),

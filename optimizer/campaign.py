@@ -12,8 +12,6 @@ import contextlib
 import functools
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from .agent_client import AgentClient
 from .baseline import prepare_baseline
 from .config import Campaign
 from .executor import make_executor
+from .local_agent import AgentStartError, local_agent
 from .pipeline import TrialRequest, load_splits
 from .plugin_manager import build_plugin_manager, collect_techniques
 from .search_space import SearchSpace, build_search_space
@@ -77,44 +76,24 @@ def agent_endpoint(
     if url:
         yield url, token
         return
-    cache = campaign.run_dir / "agent-cache"
-    env = dict(os.environ, JETSON_AGENT_ORT_THREADS=os.environ.get("JETSON_AGENT_ORT_THREADS", "1"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jetson_agent",
-            "serve",
-            "--port",
-            "0",
+    env = dict(os.environ)
+    env.setdefault("JETSON_AGENT_ORT_THREADS", "1")  # steadier timings on a shared CPU
+    try:
+        with local_agent(
+            campaign.run_dir / "agent-cache",
             "--backend",
             "onnxruntime",
-            "--cache-dir",
-            str(cache),
             "--log-level",
             "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        if "listening on " not in line:
-            raise CampaignFailed("the embedded device agent did not start")
-        url = line.split("listening on ", 1)[1].split()[0]
-        console.print(
-            f"[dim]no agent in the campaign: started an embedded one at {url} "
-            "(onnxruntime on this machine's CPU)[/]"
-        )
-        yield url, None
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            env=env,
+        ) as url:
+            console.print(
+                f"[dim]no agent in the campaign: started an embedded one at {url} "
+                "(onnxruntime on this machine's CPU)[/]"
+            )
+            yield url, None
+    except AgentStartError as exc:
+        raise CampaignFailed(str(exc)) from exc
 
 
 def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -> Setup:

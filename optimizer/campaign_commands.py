@@ -22,7 +22,7 @@ from .campaign import (
     run_campaign,
 )
 from .config import Campaign, CampaignError, load_campaign
-from .pipeline import TrialRequest, run_trial
+from .pipeline import TrialOutcome, TrialRequest, run_trial
 from .plugin_manager import PluginError
 from .study import RESOLVED_PARAMS_ATTR, baseline_trial, best_feasible, counted_trials
 
@@ -164,6 +164,39 @@ def status(campaign_file: Path, top: int) -> None:
         console.print("[yellow]no feasible candidate yet[/]")
 
 
+def _run_one(
+    campaign: Campaign,
+    console: Console,
+    agent_url: str | None,
+    *,
+    number: int,
+    params: dict[str, Any] | None,
+    work_dir: Path,
+    baseline: dict[str, float] | None = None,
+    save_weights: Path | None = None,
+) -> TrialOutcome:
+    """One trial outside the study, in this process (``params=None``: the baseline's)."""
+    try:
+        with agent_endpoint(campaign, console, agent_url) as (url, token):
+            setup = prepare(campaign, console, url, token)
+            return run_trial(
+                TrialRequest(
+                    campaign=campaign,
+                    number=number,
+                    params=dict(setup.space.baseline) if params is None else params,
+                    checkpoint=setup.checkpoint,
+                    agent_url=url,
+                    agent_token=token,
+                    device_info=setup.device_info,
+                    work_dir=work_dir.resolve(),
+                    baseline=baseline,
+                    save_weights=save_weights.resolve() if save_weights else None,
+                )
+            )
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.command()
 @_campaign_arg
 @click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
@@ -171,23 +204,14 @@ def baseline(campaign_file: Path, agent_url: str | None) -> None:
     """Measure the uncompressed model only: its accuracy and latency on the device."""
     campaign = _load(campaign_file)
     console = Console()
-    try:
-        with agent_endpoint(campaign, console, agent_url) as (url, token):
-            setup = prepare(campaign, console, url, token)
-            outcome = run_trial(
-                TrialRequest(
-                    campaign=campaign,
-                    number=0,
-                    params=dict(setup.space.baseline),
-                    checkpoint=setup.checkpoint,
-                    agent_url=url,
-                    agent_token=token,
-                    device_info=setup.device_info,
-                    work_dir=(campaign.run_dir / "baseline-measure").resolve(),
-                )
-            )
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    outcome = _run_one(
+        campaign,
+        console,
+        agent_url,
+        number=0,
+        params=None,
+        work_dir=campaign.run_dir / "baseline-measure",
+    )
     if outcome.state != "COMPLETE":
         raise click.ClickException(f"baseline failed: {outcome.attrs.get('fail_reason')}")
     attrs = outcome.attrs
@@ -212,30 +236,21 @@ def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) ->
     base = baseline_trial(study)
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        with agent_endpoint(campaign, console, agent_url) as (url, token):
-            setup = prepare(campaign, console, url, token)
-            outcome = run_trial(
-                TrialRequest(
-                    campaign=campaign,
-                    number=trial.number,
-                    params=dict(trial.user_attrs[RESOLVED_PARAMS_ATTR]),
-                    checkpoint=setup.checkpoint,
-                    agent_url=url,
-                    agent_token=token,
-                    device_info=setup.device_info,
-                    work_dir=(out / "work").resolve(),
-                    baseline=None
-                    if base is None or base.number == trial.number
-                    else {
-                        "accuracy": base.user_attrs["accuracy"],
-                        "latency_ms": base.user_attrs["latency_ms"],
-                    },
-                    save_weights=(out / "model.safetensors").resolve(),
-                )
-            )
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    outcome = _run_one(
+        campaign,
+        console,
+        agent_url,
+        number=trial.number,
+        params=dict(trial.user_attrs[RESOLVED_PARAMS_ATTR]),
+        work_dir=out / "work",
+        baseline=None
+        if base is None or base.number == trial.number
+        else {
+            "accuracy": base.user_attrs["accuracy"],
+            "latency_ms": base.user_attrs["latency_ms"],
+        },
+        save_weights=out / "model.safetensors",
+    )
     if outcome.state != "COMPLETE":
         raise click.ClickException(f"rebuild failed: {outcome.attrs.get('fail_reason')}")
     shutil.copy(outcome.artifacts["model.onnx"], out / "model.onnx")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from optimizer.local_agent import start_local_agent, stop_local_agent
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -47,46 +47,18 @@ class RunningAgent:
         return self.process.poll() is None and self.request("GET", "/v1/openapi.json")[0] == 200
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_local_agent(self.process)
 
 
 def start_agent(tmp: Path, *args: str, token: str | None = None) -> RunningAgent:
-    """Run ``python -m jetson_agent serve --port 0 ...`` and wait for its listening line."""
-    command = [
-        sys.executable,
-        "-m",
-        "jetson_agent",
-        "serve",
-        "--port",
-        "0",
-        "--cache-dir",
-        str(tmp / "agent-cache"),
-        *args,
-    ]
+    """The real agent on a free loopback port; ``tests/`` is importable by its jobs so that
+    ``--backend fault_backends:...`` works."""
+    args = list(args)
     if token:
         token_file = tmp / "token"
         token_file.write_text(token + "\n")
-        command += ["--token-file", str(token_file)]
+        args += ["--token-file", str(token_file)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]))
     env.setdefault("JETSON_AGENT_ORT_THREADS", "1")
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=tmp,
-    )
-    deadline = time.monotonic() + 60
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "listening on " not in line or time.monotonic() > deadline:
-        process.kill()
-        raise RuntimeError(f"agent did not start: {line!r}")
-    url = line.split("listening on ", 1)[1].split()[0]
+    process, url = start_local_agent(tmp / "agent-cache", *args, env=env)
     return RunningAgent(url, process, token)

@@ -109,6 +109,10 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
     assert status.exit_code == 0, status.output
     assert "best" in status.output or "top" in status.output
 
+    measured = CliRunner().invoke(main, ["baseline", str(campaign)])
+    assert measured.exit_code == 0, measured.output
+    assert f"top-1 {baseline.user_attrs['accuracy'] * 100:.2f}%" in measured.output
+
     out = in_tmp / "export"
     exported = CliRunner().invoke(
         main, ["export", str(campaign), "--trial", "best", "--out", str(out)]

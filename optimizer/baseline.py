@@ -4,6 +4,7 @@ that shapes it, so re-running or resuming a campaign never retrains it."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable
@@ -48,6 +49,18 @@ def load_model(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.Mod
     model = build_model(campaign.model, num_classes, campaign.data.image_size)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    return model.eval()
+
+
+def load_teacher(campaign: Campaign, num_classes: int, baseline: nn.Module) -> nn.Module:
+    """The distillation teacher: the unpruned baseline unless the campaign names another
+    model (with its own checkpoint, trained for the same classes)."""
+    teacher = campaign.teacher
+    if teacher.name is None:
+        return copy.deepcopy(baseline).eval()
+    config = ModelConfig(name=teacher.name, kwargs=teacher.kwargs)
+    model = build_model(config, num_classes, campaign.data.image_size)
+    model.load_state_dict(torch.load(teacher.checkpoint, map_location="cpu", weights_only=True))
     return model.eval()
 
 

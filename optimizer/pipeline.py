@@ -8,7 +8,6 @@ the study: the driver is its only writer.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .agent_client import AgentClient, MeasurementFailed
-from .baseline import load_model
+from .baseline import load_model, load_teacher
 from .config import Campaign
 from .export import export_onnx
 from .model_stats import count_macs, count_params, onnx_size_bytes
@@ -143,7 +142,9 @@ def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune
         stages[registered.technique.stage].append(registered.technique)
     splits = load_splits(campaign)
     model = load_model(campaign, splits.num_classes, request.checkpoint)
-    teacher = copy.deepcopy(model).eval() if params.get("distill.enabled") else None
+    teacher = (
+        load_teacher(campaign, splits.num_classes, model) if params.get("distill.enabled") else None
+    )
 
     def report(step: int, value: float) -> None:
         outcome.intermediate.append((step, value))

@@ -1,0 +1,72 @@
+"""The image-folder data source and a teacher other than the baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from optimizer.baseline import build_model, load_teacher
+from optimizer.config import ModelConfig, load_campaign
+from plugins.classification import load_image_folder
+
+
+def _folder(root: Path, per_class: int = 6) -> Path:
+    for part in ("train", "val"):
+        for label, color in (("road", (90, 90, 90)), ("water", (20, 60, 200))):
+            folder = root / part / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 30), tuple(c + i for c in color)).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_splits_val_into_val_and_test(tmp_path: Path) -> None:
+    splits = load_image_folder(_folder(tmp_path), image_size=16, seed=0, val_fraction=0.5)
+    assert splits.num_classes == 2
+    assert splits.input_shape == (3, 16, 16)
+    assert len(splits.train) == 12
+    assert len(splits.val) + len(splits.test) == 12
+    image, label = splits.train[0]
+    assert image.shape == (3, 16, 16) and label in (0, 1)
+
+
+def test_image_folder_without_val_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="val is missing"):
+        load_image_folder(tmp_path, image_size=16, seed=0, val_fraction=0.5)
+
+
+def test_a_named_teacher_is_loaded_from_its_checkpoint(tmp_path: Path) -> None:
+    data = {
+        "name": "t",
+        "model": {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 4, "depth": 1}},
+        "teacher": {
+            "name": "deit_tiny_patch16_224",
+            "kwargs": {"patch_size": 4, "depth": 2},
+            "checkpoint": str(tmp_path / "teacher.pt"),
+        },
+        "data": {"image_size": 16},
+        "objective": {"max_accuracy_drop": 0.01},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    campaign = load_campaign(tmp_path / "c.yaml")
+    reference = build_model(
+        ModelConfig(name="deit_tiny_patch16_224", kwargs={"patch_size": 4, "depth": 2}), 10, 16
+    )
+    torch.save(reference.state_dict(), tmp_path / "teacher.pt")
+    baseline = build_model(campaign.model, 10, 16)
+    teacher = load_teacher(campaign, 10, baseline)
+    assert len(teacher.blocks) == 2
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(teacher.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
+    default = load_campaign(tmp_path / "c.yaml").model_copy(
+        update={"teacher": campaign.teacher.model_copy(update={"name": None, "checkpoint": None})}
+    )
+    copied = load_teacher(default, 10, baseline)
+    assert copied is not baseline and len(copied.blocks) == 1

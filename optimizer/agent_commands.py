@@ -34,12 +34,13 @@ def info_table(info: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     backend = info["backend"]
+    known_clocks = {k: v for k, v in (info.get("clocks_mhz") or {}).items() if v}
     rows = [
         ("backend", f"{backend['name']} ({backend['version']})"),
         ("precisions", ", ".join(info["precisions"])),
         ("jetson", str(info["device"]["jetson"])),
         ("power mode", _fmt(info.get("power_mode"))),
-        ("clocks (MHz)", json.dumps(info.get("clocks_mhz")) if info.get("clocks_mhz") else "—"),
+        ("clocks (MHz)", json.dumps(known_clocks) if known_clocks else "—"),
         ("queue length", str(info["queue_length"])),
         ("jobs finished", str(info["jobs_finished"])),
         ("agent version", info["agent_version"]),

@@ -19,7 +19,7 @@ import traceback
 
 from . import errors, telemetry
 from .backends import load_backend_class
-from .model_check import INT8_OPS, inspect_model
+from .model_check import inspect_model
 from .spec import MeasureSpec
 from .stats import summarize
 
@@ -88,18 +88,8 @@ def _remeasure_reason(attempt, spec):
 def measure(request, phases):
     spec = MeasureSpec.from_dict(request["spec"])
     phases.enter("validate")
-    model, op_types = inspect_model(request["model_path"])
+    model = inspect_model(request["model_path"])
     backend = load_backend_class(request["backend_target"])()
-    if (
-        spec.precision == "int8"
-        and backend.name == "onnxruntime"
-        and op_types is not None
-        and not (op_types & INT8_OPS)
-    ):
-        raise errors.UnsupportedPrecision(
-            "int8 was asked but the model carries no quantization operators; onnxruntime runs "
-            "a model at the precision it is stored in: quantize it first (QDQ, e.g. with NNCF)"
-        )
     phases.enter("build")
     session, build = backend.prepare(request["model_path"], model, spec, request["engine_path"])
     try:

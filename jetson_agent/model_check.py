@@ -32,10 +32,10 @@ def _has_onnx():
 
 
 def inspect_model(path):
-    """Check the model and return (ModelInputs, set of op types), or (None, None) when the
-    ``onnx`` package is absent and the backend must validate instead."""
+    """Check the model and return its :class:`ModelInputs`, or None when the ``onnx`` package
+    is absent and the backend must validate instead."""
     if not _has_onnx():
-        return None, None
+        return None
     import onnx
 
     try:
@@ -59,8 +59,8 @@ def inspect_model(path):
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             opset = entry.version
-    op_types = set(node.op_type for node in model.graph.node)
-    return ModelInputs(inputs, opset), op_types
+    op_types = frozenset(node.op_type for node in model.graph.node)
+    return ModelInputs(inputs, opset, op_types)
 
 
 def _first_line(exc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ def test_agent_imports_nothing_from_the_rest_of_vitopt() -> None:
 
 @pytest.mark.slow
 def test_pip_installs_the_agent_folder_alone(tmp_path: Path) -> None:
+    # From a copy of the folder, as it travels to a Jetson; setuptools also builds in place.
+    folder = shutil.copytree(
+        REPO / "jetson_agent",
+        tmp_path / "jetson_agent",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     target = tmp_path / "site"
     install = subprocess.run(
         [
@@ -55,7 +62,7 @@ def test_pip_installs_the_agent_folder_alone(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(REPO / "jetson_agent"),
+            str(folder),
         ],
         capture_output=True,
         text=True,

@@ -88,7 +88,7 @@ def test_spec_defaults_and_errors() -> None:
 def test_damaged_cached_engine_is_rebuilt_not_blamed_on_the_model(
     tmp_path: Path, vit_onnx: Path
 ) -> None:
-    model, _ops = inspect_model(str(vit_onnx))
+    model = inspect_model(str(vit_onnx))
     spec = MeasureSpec.from_dict({"iterations": 3})
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"half-written engine")

@@ -12,10 +12,12 @@ protocol between the job process and the agent.
 class ModelInputs(object):
     """What the agent learned about the model's inputs before building it."""
 
-    def __init__(self, inputs, opset=None):
+    def __init__(self, inputs, opset=None, op_types=None):
         # inputs: list of (name, shape, onnx elem_type); a dim is an int or None when dynamic.
         self.inputs = inputs  # type: List[Tuple[str, List[Optional[int]], int]]
         self.opset = opset  # type: Optional[int]
+        # The graph's operator types, when the agent could read them (the onnx package).
+        self.op_types = op_types  # type: Optional[frozenset]
 
     def resolved_shapes(self, spec):
         # type: (...) -> Dict[str, List[int]]

@@ -9,7 +9,8 @@ engine path so a repeated build is a real cache hit.
 import os
 import time
 
-from ..errors import BuildFailed, InvalidModel, OutOfMemory
+from ..errors import BuildFailed, InvalidModel, OutOfMemory, UnsupportedPrecision
+from ..model_check import INT8_OPS
 from .base import Backend, BuildInfo, Session
 
 # onnx TensorProto elem_type → numpy dtype name.
@@ -127,6 +128,14 @@ class OnnxRuntimeBackend(Backend):
 
     def prepare(self, model_path, model, spec, engine_path):
         import numpy
+
+        op_types = model.op_types if model is not None else None
+        if spec.precision == "int8" and op_types is not None and not (op_types & INT8_OPS):
+            raise UnsupportedPrecision(
+                "int8 was asked but the model carries no quantization operators; onnxruntime "
+                "runs a model at the precision it is stored in: quantize it first (QDQ, e.g. "
+                "with NNCF)"
+            )
 
         start = time.perf_counter()
         session, cache_hit = None, bool(engine_path) and os.path.exists(engine_path)

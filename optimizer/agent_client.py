@@ -157,7 +157,8 @@ class AgentClient:
     def submit(self, model_path: Path, spec: JsonDict) -> JsonDict:
         """Queue a job; uploads the model only when the agent does not hold it already."""
         sha = sha256_file(model_path)
-        if self.has_model(sha):
+        known = self.has_model(sha)
+        if known:
             body = json.dumps({"model_sha256": sha, "spec": spec}).encode()
             _, payload = self._request("POST", "/v1/jobs", body, "application/json")
         else:
@@ -172,7 +173,7 @@ class AgentClient:
             content_type = f"multipart/form-data; boundary={boundary.decode()}"
             _, payload = self._request("POST", "/v1/jobs", body, content_type)
         assert payload is not None
-        payload["uploaded"] = body[:1] != b"{"
+        payload["uploaded"] = not known
         return payload
 
     def job(self, job_id: str, wait_s: float = 0.0) -> JsonDict:

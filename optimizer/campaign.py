@@ -14,11 +14,12 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pluggy
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -62,7 +63,7 @@ class Setup:
     device_info: dict[str, Any]
     space: SearchSpace
     checkpoint: Path
-    notes: list[str] = field(default_factory=list)
+    manager: pluggy.PluginManager
 
 
 @contextlib.contextmanager
@@ -99,7 +100,8 @@ def agent_endpoint(
 def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -> Setup:
     """Everything a run or a baseline needs: device facts, the search space, the baseline."""
     info = AgentClient(url, token, retries=2).info()
-    techniques = collect_techniques(build_plugin_manager(campaign.plugins.disable))
+    manager = build_plugin_manager(campaign.plugins.disable)
+    techniques = collect_techniques(manager)
     declared = [spec for t in techniques for spec in t.technique.search_space()]
     space = build_search_space(
         declared, campaign.search.space, info["precisions"], str(campaign.source or "campaign")
@@ -124,7 +126,7 @@ def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
     if trained:
         console.print(f"baseline trained and cached at {checkpoint}")
-    return Setup(campaign, url, token, info, space, checkpoint.resolve())
+    return Setup(campaign, url, token, info, space, checkpoint.resolve(), manager)
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, why: str) -> None:
@@ -223,7 +225,6 @@ def run_campaign(
     """Run (or resume) the campaign until ``search.trials`` trials have finished."""
     started = time.monotonic()
     workers = campaign.execution.workers if workers is None else workers
-    manager = build_plugin_manager(campaign.plugins.disable)
     with agent_endpoint(campaign, console, agent_url) as (url, token):
         setup = prepare(campaign, console, url, token)
         study = open_study(campaign)
@@ -235,16 +236,16 @@ def run_campaign(
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         executor = make_executor(campaign.execution, workers)
         try:
-            _drive(study, setup, executor, console, manager, started)
+            _drive(study, setup, executor, console, started)
         finally:
             executor.shutdown()
             signal.signal(signal.SIGTERM, previous)
     summary = _summary(study, campaign, time.monotonic() - started)
-    manager.hook.vitopt_campaign_finished(summary=summary)
+    setup.manager.hook.vitopt_campaign_finished(summary=summary)
     return summary
 
 
-def _drive(study, setup: Setup, executor, console: Console, manager, started: float) -> None:
+def _drive(study, setup: Setup, executor, console: Console, started: float) -> None:
     campaign = setup.campaign
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
@@ -263,14 +264,14 @@ def _drive(study, setup: Setup, executor, console: Console, manager, started: fl
         )
         try:
             while True:
-                _submit_more(study, setup, executor, running, target, deadline, manager)
+                _submit_more(study, setup, executor, running, target, deadline)
                 if not running:
                     break
                 decide = functools.partial(_answer_pruner, running)
                 for handle, outcome in executor.wait(list(running), 0.5, decide):
                     trial = running.pop(handle)
                     frozen = record(study, trial, outcome, campaign, store)
-                    manager.hook.vitopt_trial_finished(
+                    setup.manager.hook.vitopt_trial_finished(
                         trial_number=frozen.number,
                         state=frozen.state.name,
                         values=frozen.values,
@@ -293,7 +294,7 @@ def _drive(study, setup: Setup, executor, console: Console, manager, started: fl
             ) from None
 
 
-def _submit_more(study, setup: Setup, executor, running, target, deadline, manager) -> None:
+def _submit_more(study, setup: Setup, executor, running, target, deadline) -> None:
     campaign = setup.campaign
     while len(running) < max(executor.capacity, 1):
         if len(counted_trials(study)) + len(running) >= target:
@@ -312,7 +313,7 @@ def _submit_more(study, setup: Setup, executor, running, target, deadline, manag
         # Everything the pipeline saw, fixed and inactive values included, so that
         # 'vitopt export' rebuilds exactly this candidate.
         trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
-        manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
+        setup.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
         best = best_feasible(study)
         cut = None
         if (

@@ -26,7 +26,7 @@ from .agent_client import AgentClient, MeasurementFailed
 from .baseline import load_model, load_teacher
 from .config import Campaign
 from .export import export_onnx
-from .model_stats import count_macs, count_params, onnx_size_bytes
+from .model_stats import count_macs, count_params, example_input, onnx_size_bytes
 from .plugin_manager import build_plugin_manager, collect_techniques
 from .technique import OnnxArtifact, StageContext, TrialPruned
 
@@ -98,10 +98,10 @@ class _Measurer:
         return self.client.measure(artifact.path, dict(self.spec, precision=artifact.precision))
 
 
-def _latency_attrs(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _latency_attrs(result: dict[str, Any]) -> dict[str, Any]:
     latency = result["latency_ms"]
-    attrs = {f"{prefix}latency_{k}_ms": latency[k] for k in ("p50", "p90", "p99", "mean", "std")}
-    attrs[f"{prefix}latency_cv"] = latency["cv"]
+    attrs = {f"latency_{k}_ms": latency[k] for k in ("p50", "p90", "p99", "mean", "std")}
+    attrs["latency_cv"] = latency["cv"]
     return attrs
 
 
@@ -170,7 +170,7 @@ def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune
         calibration_size=campaign.data.calibration_size,
     )
     measure = _Measurer(request)
-    example = torch.randn(ctx.input_shape)
+    example = example_input(ctx.input_shape)
 
     for technique in stages["prune"]:
         model = technique.apply(model, params, ctx)

@@ -35,9 +35,6 @@ class SearchSpace:
             values[spec.name] = _suggest(trial, spec) if active else spec.default
         return values
 
-    def active_names(self) -> list[str]:
-        return [spec.name for spec in self.params if spec.name not in self.fixed]
-
 
 def _suggest(trial: optuna.trial.BaseTrial, spec: ParamSpec) -> Any:
     if spec.kind == "float":

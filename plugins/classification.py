@@ -18,7 +18,6 @@ class Classification:
     """Top-1 accuracy, measured on the deployable ONNX file through onnxruntime."""
 
     name = "classification"
-    metric = "top1"
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Run a search campaign, or resume it: finished trials are kept."""
-    campaign = _load(campaign_file, **{"search.trials": trials, "storage": storage})
+    campaign = _load(campaign_file, **{"search.trials": trials, "storage.url": storage})
     console = Console(stderr=as_json)
     try:
         summary = run_campaign(campaign, console, workers, agent_url)

@@ -103,10 +103,28 @@ class SearchConfig(_Strict):
 
 class ExecutionConfig(_Strict):
     workers: int = Field(2, ge=0, description="parallel trials; 0 runs in-process")
-    num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    ray_address: str | None = None
+    num_cpus: float = Field(1, gt=0, description="Ray CPUs each trial holds")
+    num_gpus: float = Field(0, ge=0, description="Ray GPUs each trial holds (pins it to GPU nodes)")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each trial holds, e.g. {a100: 1}"
+    )
+    ray_address: str | None = Field(
+        None, description="join a running cluster: auto, or ray://host:10001; none starts one"
+    )
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime environment for the workers (working_dir, py_modules, pip)"
+    )
     torch_threads: int = Field(1, ge=1)
+    infra_retries: int = Field(
+        2, ge=0, description="re-runs of a trial lost to the device or a dead worker, not counted"
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, address: str | None) -> str | None:
+        if address is not None and not re.match(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$", address):
+            raise ValueError(f"{address!r} is not auto, local, ray://host:port or host:port")
+        return address
 
 
 class MeasureConfig(_Strict):
@@ -116,8 +134,17 @@ class MeasureConfig(_Strict):
 
 
 class AgentsConfig(_Strict):
-    urls: list[str] = Field(default_factory=list)
+    urls: list[str] = Field(default_factory=list, description="the pool; none: an embedded agent")
+    device: str | None = Field(
+        None, description="the target device type when the pool holds several (see /v1/info)"
+    )
     token_env: str = "VITOPT_AGENT_TOKEN"
+    reprobe_s: float = Field(
+        10, gt=0, description="how long an agent that stopped answering rests before a re-probe"
+    )
+    wait_healthy_s: float = Field(
+        120, ge=0, description="how long a measurement waits for a healthy agent before failing"
+    )
     measure: MeasureConfig = MeasureConfig()
 
     @field_validator("urls")
@@ -127,6 +154,20 @@ class AgentsConfig(_Strict):
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return urls
+
+
+class StorageConfig(_Strict):
+    """Where the study lives. A plain string in the campaign file is the URL."""
+
+    url: str | None = Field(None, description="any Optuna RDB URL; default runs/NAME/study.db")
+    retry_s: float = Field(
+        60, ge=0, description="how long a locked or restarting database is retried before failing"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_alone(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
 
 
 class PluginsConfig(_Strict):
@@ -143,7 +184,7 @@ class Campaign(_Strict):
     search: SearchConfig = SearchConfig()
     execution: ExecutionConfig = ExecutionConfig()
     agents: AgentsConfig = AgentsConfig()
-    storage: str | None = None
+    storage: StorageConfig = StorageConfig()
     plugins: PluginsConfig = PluginsConfig()
     source: Path | None = Field(None, exclude=True)
 
@@ -153,7 +194,7 @@ class Campaign(_Strict):
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
+        return self.storage.url or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -181,6 +222,8 @@ def load_campaign(path: Path | str, **overrides: Any) -> Campaign:
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise CampaignError(f"{path}: expected a mapping of sections at the top level")
+    if isinstance(data.get("storage"), str):  # the short form, so that storage.url overrides it
+        data["storage"] = {"url": data["storage"]}
     for dotted, value in overrides.items():
         if value is None:
             continue

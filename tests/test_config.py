@@ -90,7 +90,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_defaults_overrides_and_storage(tmp_path: Path) -> None:
-    campaign = load_campaign(_write(tmp_path, MINIMAL), **{"search.trials": 7, "storage": None})
+    campaign = load_campaign(_write(tmp_path, MINIMAL), **{"search.trials": 7, "storage.url": None})
     assert campaign.search.trials == 7
     assert campaign.storage_url == "sqlite:///runs/t/study.db"
     assert campaign.data.source == "digits"
@@ -113,3 +113,21 @@ def test_shipped_campaigns_are_valid() -> None:
     assert files
     for path in files:
         load_campaign(path)
+
+
+def test_storage_as_a_plain_url_or_a_section(tmp_path: Path) -> None:
+    short = dict(MINIMAL, storage="postgresql://u@127.0.0.1:5432/db")
+    assert load_campaign(_write(tmp_path, short)).storage_url == "postgresql://u@127.0.0.1:5432/db"
+    overridden = load_campaign(_write(tmp_path, short), **{"storage.url": "sqlite:///x.db"})
+    assert overridden.storage_url == "sqlite:///x.db"
+    assert overridden.storage.retry_s == 60
+    section = dict(MINIMAL, storage={"url": "sqlite:///y.db", "retry_s": 5})
+    assert load_campaign(_write(tmp_path, section)).storage.retry_s == 5
+
+
+def test_ray_address_forms(tmp_path: Path) -> None:
+    for good in ("auto", "ray://10.0.0.5:10001", "head:6379"):
+        data = dict(MINIMAL, execution={"ray_address": good})
+        assert load_campaign(_write(tmp_path, data)).execution.ray_address == good
+    with pytest.raises(CampaignError, match=r"execution\.ray_address: .*is not auto"):
+        load_campaign(_write(tmp_path, dict(MINIMAL, execution={"ray_address": "http://x"})))

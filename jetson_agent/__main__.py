@@ -39,6 +39,11 @@ def _parser():
     )
     serve.add_argument("--token-file", help="file holding the bearer token clients must send")
     serve.add_argument(
+        "--device-type",
+        help="the label a campaign's agents.device selects this agent by (e.g. nano-4gb-maxn); "
+        "default: the device's own name",
+    )
+    serve.add_argument(
         "--cache-dir",
         default=os.path.join(os.path.expanduser("~"), ".cache", "jetson_agent"),
         help="models, engines and results are cached here",
@@ -81,7 +86,7 @@ def serve(args):
         backend_name, target = resolve_backend(args.backend)
         cache = DiskCache(args.cache_dir, args.cache_max_mb * 1024 * 1024)
         jobs = JobProcess(target, args.build_timeout, args.run_timeout, args.job_memory_mb)
-        agent = Agent(backend_name, target, cache, jobs)
+        agent = Agent(backend_name, target, cache, jobs, device_type=args.device_type)
         server = AgentHTTPServer(
             (args.host, args.port), agent, token, args.max_upload_mb * 1024 * 1024
         )

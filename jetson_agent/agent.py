@@ -53,7 +53,9 @@ class Job(object):
 
 
 class Agent(object):
-    def __init__(self, backend_name, backend_target, cache, job_process, keep_jobs=1000):
+    def __init__(
+        self, backend_name, backend_target, cache, job_process, keep_jobs=1000, device_type=None
+    ):
         self.backend_name = backend_name
         self.backend = load_backend_class(backend_target)()
         self.backend_version = self.backend.version()
@@ -62,6 +64,9 @@ class Agent(object):
         self.cache = cache
         self.job_process = job_process
         self.device = telemetry.device_name()
+        # What a campaign pools agents by: the hardware's name unless the lab labels it, e.g.
+        # to tell a Nano in MAXN from one in 5 W mode.
+        self.device_type = device_type or self.device
         self._keep_jobs = keep_jobs
         self._jobs = collections.OrderedDict()
         self._pending = []  # ids in FIFO order, for queue positions
@@ -81,7 +86,11 @@ class Agent(object):
         return {
             "agent_version": __version__,
             "api_version": API_VERSION,
-            "device": {"name": self.device, "jetson": telemetry.is_jetson()},
+            "device": {
+                "name": self.device,
+                "type": self.device_type,
+                "jetson": telemetry.is_jetson(),
+            },
             "backend": {"name": self.backend.name, "version": self.backend_version},
             "precisions": self.precisions,
             "power_mode": snapshot.get("power_mode"),
@@ -173,6 +182,7 @@ class Agent(object):
         self.cache.evict(protect=(model_path, engine_path))
         result = self.job_process.run(model_path, engine_path, spec.to_dict())
         result["device"] = self.device
+        result["device_type"] = self.device_type
         result["model_sha256"] = job.model_sha
         result["measured_at"] = time.time()
         result["cache"] = {

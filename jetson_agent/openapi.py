@@ -103,6 +103,7 @@ def openapi_document():
                         "telemetry": {"type": "object"},
                         "backend": {"type": "object"},
                         "device": {"type": "string"},
+                        "device_type": {"type": "string"},
                     },
                 },
                 "Job": {

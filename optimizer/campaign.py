@@ -24,18 +24,21 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .agent_client import AgentClient
+from .agent_pool import AgentLease, AgentPool, AgentPoolError, probe_agents
 from .baseline import prepare_baseline
 from .config import Campaign
 from .executor import make_executor
 from .local_agent import AgentStartError, local_agent
-from .pipeline import TrialRequest, load_splits
+from .pipeline import TrialOutcome, TrialRequest, load_splits
 from .plugin_manager import build_plugin_manager, collect_techniques
 from .search_space import SearchSpace, build_search_space
 from .study import (
+    AGENT_POOL_ATTR,
     BASELINE_ATTR,
+    INFRA_ATTEMPT_ATTR,
     INTERRUPTED_ATTR,
     RESOLVED_PARAMS_ATTR,
+    RETRIED_ATTR,
     artifact_store,
     baseline_trial,
     best_feasible,
@@ -58,24 +61,37 @@ class CampaignInterrupted(Exception):
 @dataclass
 class Setup:
     campaign: Campaign
-    agent_url: str
+    agent_urls: list[str]  # the pool: agents of the target device type
+    silent_agents: list[str]  # of those, the ones that did not answer the first probe
+    device_type: str
     agent_token: str | None
     device_info: dict[str, Any]
     space: SearchSpace
     checkpoint: Path
     manager: pluggy.PluginManager
 
+    def pool_args(self) -> tuple[Any, ...]:
+        """What :class:`AgentPool` is built from, wherever it lives."""
+        agents = self.campaign.agents
+        return (
+            self.agent_urls,
+            self.device_type,
+            self.agent_token,
+            agents.reprobe_s,
+            self.silent_agents,
+        )
+
 
 @contextlib.contextmanager
 def agent_endpoint(
-    campaign: Campaign, console: Console, url: str | None = None
-) -> Iterator[tuple[str, str | None]]:
-    """The campaign's agent, or an embedded one on 127.0.0.1 (onnxruntime backend) for the
+    campaign: Campaign, console: Console, urls: list[str] | None = None
+) -> Iterator[tuple[list[str], str | None]]:
+    """The campaign's agents, or an embedded one on 127.0.0.1 (onnxruntime backend) for the
     duration of the run when the campaign names none."""
     token = os.environ.get(campaign.agents.token_env) or None
-    url = url or (campaign.agents.urls[0] if campaign.agents.urls else None)
-    if url:
-        yield url, token
+    urls = list(urls or campaign.agents.urls)
+    if urls:
+        yield urls, token
         return
     env = dict(os.environ)
     env.setdefault("JETSON_AGENT_ORT_THREADS", "1")  # steadier timings on a shared CPU
@@ -92,14 +108,20 @@ def agent_endpoint(
                 f"[dim]no agent in the campaign: started an embedded one at {url} "
                 "(onnxruntime on this machine's CPU)[/]"
             )
-            yield url, None
+            yield [url], None
     except AgentStartError as exc:
         raise CampaignFailed(str(exc)) from exc
 
 
-def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -> Setup:
+def prepare(campaign: Campaign, console: Console, urls: list[str], token: str | None) -> Setup:
     """Everything a run or a baseline needs: device facts, the search space, the baseline."""
-    info = AgentClient(url, token, retries=2).info()
+    try:
+        plan = probe_agents(urls, token, campaign.agents.device)
+    except AgentPoolError as exc:
+        raise CampaignFailed(str(exc)) from exc
+    for note in plan.notes:
+        console.print(f"[yellow]agents:[/] {note}")
+    info = next(iter(plan.infos.values()))
     manager = build_plugin_manager(campaign.plugins.disable)
     techniques = collect_techniques(manager)
     declared = [spec for t in techniques for spec in t.technique.search_space()]
@@ -126,7 +148,17 @@ def prepare(campaign: Campaign, console: Console, url: str, token: str | None) -
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
     if trained:
         console.print(f"baseline trained and cached at {checkpoint}")
-    return Setup(campaign, url, token, info, space, checkpoint.resolve(), manager)
+    return Setup(
+        campaign=campaign,
+        agent_urls=[*plan.infos, *plan.silent],
+        silent_agents=plan.silent,
+        device_type=plan.device_type,
+        agent_token=token,
+        device_info=info,
+        space=space,
+        checkpoint=checkpoint.resolve(),
+        manager=manager,
+    )
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, why: str) -> None:
@@ -220,13 +252,16 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def run_campaign(
-    campaign: Campaign, console: Console, workers: int | None = None, agent_url: str | None = None
+    campaign: Campaign,
+    console: Console,
+    workers: int | None = None,
+    agent_urls: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the campaign until ``search.trials`` trials have finished."""
     started = time.monotonic()
     workers = campaign.execution.workers if workers is None else workers
-    with agent_endpoint(campaign, console, agent_url) as (url, token):
-        setup = prepare(campaign, console, url, token)
+    with agent_endpoint(campaign, console, agent_urls) as (urls, token):
+        setup = prepare(campaign, console, urls, token)
         study = open_study(campaign)
         recovered = recover_interrupted(study)
         if recovered:
@@ -236,7 +271,8 @@ def run_campaign(
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         executor = make_executor(campaign.execution, workers)
         try:
-            _drive(study, setup, executor, console, started)
+            pool = executor.share(AgentPool, *setup.pool_args())
+            _drive(study, setup, executor, pool, console, started)
         finally:
             executor.shutdown()
             signal.signal(signal.SIGTERM, previous)
@@ -245,7 +281,9 @@ def run_campaign(
     return summary
 
 
-def _drive(study, setup: Setup, executor, console: Console, started: float) -> None:
+def _drive(
+    study, setup: Setup, executor, pool: AgentLease, console: Console, started: float
+) -> None:
     campaign = setup.campaign
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
@@ -264,20 +302,25 @@ def _drive(study, setup: Setup, executor, console: Console, started: float) -> N
         )
         try:
             while True:
-                _submit_more(study, setup, executor, running, target, deadline)
+                _submit_more(study, setup, executor, pool, running, target, deadline)
                 if not running:
                     break
                 decide = functools.partial(_answer_pruner, running)
                 for handle, outcome in executor.wait(list(running), 0.5, decide):
                     trial = running.pop(handle)
+                    retry = _retry_on_infra(trial, outcome, campaign.execution.infra_retries)
                     frozen = record(study, trial, outcome, campaign, store)
+                    if retry is not None:
+                        study.enqueue_trial(trial.params, user_attrs=retry)
+                    study.set_user_attr(AGENT_POOL_ATTR, pool.snapshot())
                     setup.manager.hook.vitopt_trial_finished(
                         trial_number=frozen.number,
                         state=frozen.state.name,
                         values=frozen.values,
                         attrs=frozen.user_attrs,
                     )
-                    if frozen.user_attrs.get(BASELINE_ATTR) and frozen.state != TrialState.COMPLETE:
+                    baseline_lost = frozen.user_attrs.get(BASELINE_ATTR) and retry is None
+                    if baseline_lost and frozen.state != TrialState.COMPLETE:
                         raise CampaignFailed(
                             f"the baseline trial failed: {frozen.user_attrs.get('fail_reason')}"
                         )
@@ -294,7 +337,25 @@ def _drive(study, setup: Setup, executor, console: Console, started: float) -> N
             ) from None
 
 
-def _submit_more(study, setup: Setup, executor, running, target, deadline) -> None:
+def _retry_on_infra(
+    trial: optuna.Trial, outcome: TrialOutcome, limit: int
+) -> dict[str, Any] | None:
+    """A trial lost to the device or to its worker, not to its candidate, runs again (at most
+    ``limit`` times; the lost one is kept as FAIL with its reason but not counted). Returns
+    the user attributes of the re-run, or None."""
+    if outcome.state != "FAIL" or outcome.attrs.get("candidate_fault") is not False:
+        return None
+    attempt = int(trial.user_attrs.get(INFRA_ATTEMPT_ATTR, 0))
+    if attempt >= limit:
+        return None
+    outcome.attrs[RETRIED_ATTR] = True
+    retry: dict[str, Any] = {INFRA_ATTEMPT_ATTR: attempt + 1}
+    if trial.user_attrs.get(BASELINE_ATTR):
+        retry[BASELINE_ATTR] = True
+    return retry
+
+
+def _submit_more(study, setup: Setup, executor, pool, running, target, deadline) -> None:
     campaign = setup.campaign
     while len(running) < max(executor.capacity, 1):
         if len(counted_trials(study)) + len(running) >= target:
@@ -328,7 +389,7 @@ def _submit_more(study, setup: Setup, executor, running, target, deadline) -> No
             number=trial.number,
             params=params,
             checkpoint=setup.checkpoint,
-            agent_url=setup.agent_url,
+            agents=pool,
             agent_token=setup.agent_token,
             device_info=setup.device_info,
             work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),

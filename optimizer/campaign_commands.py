@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .agent_client import AgentError
+from .agent_pool import AgentPool
 from .campaign import (
     CampaignFailed,
     CampaignInterrupted,
@@ -22,11 +23,36 @@ from .campaign import (
     run_campaign,
 )
 from .config import Campaign, CampaignError, load_campaign
+from .executor import ClusterUnavailable
 from .pipeline import TrialOutcome, TrialRequest, run_trial
 from .plugin_manager import PluginError
-from .study import RESOLVED_PARAMS_ATTR, baseline_trial, best_feasible, counted_trials
+from .storage import StorageUnavailable
+from .study import (
+    AGENT_POOL_ATTR,
+    RESOLVED_PARAMS_ATTR,
+    RETRIED_ATTR,
+    baseline_trial,
+    best_feasible,
+    counted_trials,
+    load_existing_study,
+)
 
-USER_ERRORS = (CampaignError, PluginError, CampaignFailed, AgentError, FileNotFoundError)
+USER_ERRORS = (
+    CampaignError,
+    PluginError,
+    CampaignFailed,
+    AgentError,
+    FileNotFoundError,
+    StorageUnavailable,
+    ClusterUnavailable,
+)
+_agents_option = click.option(
+    "--agent",
+    "agent_urls",
+    multiple=True,
+    metavar="URL",
+    help="a device agent URL; repeat for a pool (overrides agents.urls)",
+)
 _campaign_arg = click.argument(
     "campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(dir_okay=False, path_type=Path)
 )
@@ -92,22 +118,39 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
 @_campaign_arg
 @click.option("--trials", type=click.IntRange(min=1), help="total trials (overrides search.trials)")
 @click.option("--workers", type=click.IntRange(min=0), help="parallel trials; 0 = in-process")
-@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
+@_agents_option
 @click.option("--storage", help="Optuna storage URL (default sqlite:///runs/NAME/study.db)")
+@click.option(
+    "--ray-address",
+    help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+    "(overrides execution.ray_address; see docs/distributed.md)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the final summary as JSON")
 def run(
     campaign_file: Path,
     trials: int | None,
     workers: int | None,
-    agent_url: str | None,
+    agent_urls: tuple[str, ...],
     storage: str | None,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
-    """Run a search campaign, or resume it: finished trials are kept."""
-    campaign = _load(campaign_file, **{"search.trials": trials, "storage.url": storage})
+    """Run a search campaign, or resume it: finished trials are kept.
+
+    Trials run in parallel as Ray tasks (a local Ray runtime, or a cluster with --ray-address)
+    and are measured by the campaign's device agents, the least busy healthy one first.
+    Ctrl-C stops within seconds; the same command resumes."""
+    campaign = _load(
+        campaign_file,
+        **{
+            "search.trials": trials,
+            "storage.url": storage,
+            "execution.ray_address": ray_address,
+        },
+    )
     console = Console(stderr=as_json)
     try:
-        summary = run_campaign(campaign, console, workers, agent_url)
+        summary = run_campaign(campaign, console, workers, list(agent_urls))
     except CampaignInterrupted as exc:
         Console(stderr=True).print(f"[yellow]{exc}[/]", soft_wrap=True)
         raise SystemExit(130) from exc
@@ -121,11 +164,62 @@ def run(
 
 def _open_existing(campaign: Campaign) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=campaign.name, storage=campaign.storage_url)
+        return load_existing_study(campaign)
     except KeyError as exc:
         raise click.ClickException(
             f"no study {campaign.name!r} in {campaign.storage_url}: run 'vitopt run' first"
         ) from exc
+    except StorageUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def nodes_table(trials: list[FrozenTrial]) -> Table:
+    """Trials per machine: a Ray node (id and address), or the driver's host in-process."""
+    rows: dict[str, dict[str, int]] = {}
+    for trial in trials:
+        attrs = trial.user_attrs
+        if "hostname" not in attrs:
+            continue
+        node = attrs.get("node_id")
+        where = f"{attrs.get('node_ip')} ({node[:12]})" if node else f"{attrs['hostname']} (driver)"
+        counts = rows.setdefault(where, {"trials": 0, "complete": 0, "failed": 0, "re-run": 0})
+        counts["trials"] += 1
+        counts["complete"] += trial.state == TrialState.COMPLETE
+        counts["failed"] += trial.state == TrialState.FAIL
+        counts["re-run"] += bool(attrs.get(RETRIED_ATTR))
+    table = Table(title="trials per node")
+    for column in ("node", "trials", "complete", "failed", "re-run"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for where, counts in sorted(rows.items()):
+        table.add_row(where, *(str(v) for v in counts.values()))
+    return table
+
+
+def agents_table(trials: list[FrozenTrial], pool: list[dict[str, Any]]) -> Table:
+    """Measurements per agent, from the trials' records, with each agent's health as the
+    campaign's driver last saw it."""
+    jobs: dict[str, dict[str, int]] = {}
+    for trial in trials:
+        for job in trial.user_attrs.get("agent_jobs") or []:
+            counts = jobs.setdefault(job["agent"], {"jobs": 0, "ok": 0, "lost": 0})
+            counts["jobs"] += 1
+            counts["ok"] += job["status"] == "ok"
+            counts["lost"] += job["status"] == "infra_error"
+    health = {state["url"]: state for state in pool}
+    table = Table(title="measurements per agent")
+    table.add_column("agent")
+    for column in ("jobs", "ok", "lost to the agent"):
+        table.add_column(column, justify="right")
+    table.add_column("health (last seen)")
+    for url in sorted(jobs.keys() | health.keys()):
+        counts = jobs.get(url, {"jobs": 0, "ok": 0, "lost": 0})
+        state = health.get(url)
+        if state is None:
+            seen = "-"
+        else:
+            seen = "healthy" if state["healthy"] else f"resting: {state['last_error']}"
+        table.add_row(url, *(str(v) for v in counts.values()), seen)
+    return table
 
 
 @click.command()
@@ -160,6 +254,9 @@ def status(campaign_file: Path, top: int) -> None:
     console.print(trials_table(f"top {top} (feasible first, by latency)", ranked[:top]))
     if campaign.objective.mode == "pareto":
         console.print(trials_table("Pareto front (latency, accuracy)", study.best_trials))
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    console.print(agents_table(finished, study.user_attrs.get(AGENT_POOL_ATTR) or []))
+    console.print(nodes_table(finished))
     if best is None:
         console.print("[yellow]no feasible candidate yet[/]")
 
@@ -167,7 +264,7 @@ def status(campaign_file: Path, top: int) -> None:
 def _run_one(
     campaign: Campaign,
     console: Console,
-    agent_url: str | None,
+    agent_urls: tuple[str, ...],
     *,
     number: int,
     params: dict[str, Any] | None,
@@ -177,15 +274,15 @@ def _run_one(
 ) -> TrialOutcome:
     """One trial outside the study, in this process (``params=None``: the baseline's)."""
     try:
-        with agent_endpoint(campaign, console, agent_url) as (url, token):
-            setup = prepare(campaign, console, url, token)
+        with agent_endpoint(campaign, console, list(agent_urls)) as (urls, token):
+            setup = prepare(campaign, console, urls, token)
             return run_trial(
                 TrialRequest(
                     campaign=campaign,
                     number=number,
                     params=dict(setup.space.baseline) if params is None else params,
                     checkpoint=setup.checkpoint,
-                    agent_url=url,
+                    agents=AgentPool(*setup.pool_args()),
                     agent_token=token,
                     device_info=setup.device_info,
                     work_dir=work_dir.resolve(),
@@ -199,15 +296,15 @@ def _run_one(
 
 @click.command()
 @_campaign_arg
-@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
-def baseline(campaign_file: Path, agent_url: str | None) -> None:
+@_agents_option
+def baseline(campaign_file: Path, agent_urls: tuple[str, ...]) -> None:
     """Measure the uncompressed model only: its accuracy and latency on the device."""
     campaign = _load(campaign_file)
     console = Console()
     outcome = _run_one(
         campaign,
         console,
-        agent_url,
+        agent_urls,
         number=0,
         params=None,
         work_dir=campaign.run_dir / "baseline-measure",
@@ -227,8 +324,8 @@ def baseline(campaign_file: Path, agent_url: str | None) -> None:
 @_campaign_arg
 @click.option("--trial", "which", default="best", show_default=True, help="a trial number or best")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--agent", "agent_url", help="device agent URL (overrides agents.urls)")
-def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) -> None:
+@_agents_option
+def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ...]) -> None:
     """Rebuild a candidate deterministically: ONNX model, safetensors weights and a report."""
     campaign = _load(campaign_file)
     study = _open_existing(campaign)
@@ -239,7 +336,7 @@ def export(campaign_file: Path, which: str, out: Path, agent_url: str | None) ->
     outcome = _run_one(
         campaign,
         console,
-        agent_url,
+        agent_urls,
         number=trial.number,
         params=dict(trial.user_attrs[RESOLVED_PARAMS_ATTR]),
         work_dir=out / "work",

@@ -246,4 +246,21 @@ def load_campaign(path: Path | str, **overrides: Any) -> Campaign:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         message = first["msg"].removeprefix("Value error, ")
         raise CampaignError(f"{path}: {_location(first['loc'])}: {message}{more}") from None
-    return campaign.model_copy(update={"source": path})
+    return _absolute_paths(campaign).model_copy(update={"source": path})
+
+
+def _absolute_paths(campaign: Campaign) -> Campaign:
+    """Paths the campaign names, made absolute against the directory ``vitopt`` runs in: a Ray
+    worker runs elsewhere (the folders themselves must exist on every node)."""
+
+    def resolved(section: Any, field: str) -> Any:
+        value = getattr(section, field)
+        return section if value is None else section.model_copy(update={field: value.resolve()})
+
+    return campaign.model_copy(
+        update={
+            "model": resolved(campaign.model, "checkpoint"),
+            "teacher": resolved(campaign.teacher, "checkpoint"),
+            "data": resolved(campaign.data, "path"),
+        }
+    )

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .agent_client import AgentClient, MeasurementFailed
+from .agent_client import MeasurementFailed
+from .agent_pool import AgentLease, PooledMeasurement
 from .baseline import load_model, load_teacher
 from .config import Campaign
 from .export import export_onnx
@@ -39,7 +40,7 @@ class TrialRequest:
     number: int
     params: dict[str, Any]
     checkpoint: Path
-    agent_url: str
+    agents: AgentLease  # the campaign's pool (a Ray actor handle when trials run on Ray)
     agent_token: str | None
     device_info: dict[str, Any]
     work_dir: Path
@@ -85,8 +86,9 @@ def _task(manager: Any, name: str) -> Any:
 
 class _Measurer:
     def __init__(self, request: TrialRequest):
-        measure = request.campaign.agents.measure
-        self.client = AgentClient(request.agent_url, request.agent_token)
+        agents = request.campaign.agents
+        measure = agents.measure
+        self.pooled = PooledMeasurement(request.agents, request.agent_token, agents.wait_healthy_s)
         self.spec = {
             "warmup": measure.warmup,
             "iterations": measure.iterations,
@@ -95,7 +97,7 @@ class _Measurer:
         self.metric = request.campaign.objective.metric
 
     def __call__(self, artifact: OnnxArtifact) -> dict[str, Any]:
-        return self.client.measure(artifact.path, dict(self.spec, precision=artifact.precision))
+        return self.pooled(artifact.path, dict(self.spec, precision=artifact.precision))
 
 
 def _latency_attrs(result: dict[str, Any]) -> dict[str, Any]:
@@ -109,8 +111,9 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
     """Run one trial; never raises (a failure is a FAIL outcome with its reason)."""
     outcome = TrialOutcome(request.number, "FAIL")
     started = time.monotonic()
+    measure = _Measurer(request)
     try:
-        _run(request, outcome, should_prune)
+        _run(request, outcome, should_prune, measure)
     except TrialPruned:
         outcome.state = "PRUNED"
         outcome.attrs.setdefault("pruned_reason", "validation accuracy (Optuna pruner)")
@@ -124,10 +127,16 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
         outcome.attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
         outcome.attrs["traceback"] = traceback.format_exc()[-4000:]
     outcome.attrs["trial_wall_s"] = time.monotonic() - started
+    outcome.attrs["agent_jobs"] = measure.pooled.log
     return outcome
 
 
-def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune | None) -> None:
+def _run(
+    request: TrialRequest,
+    outcome: TrialOutcome,
+    should_prune: ShouldPrune | None,
+    measure: _Measurer,
+) -> None:
     campaign = request.campaign
     torch.set_num_threads(campaign.execution.torch_threads)
     seed = campaign.search.seed + request.number
@@ -169,7 +178,6 @@ def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune
         report=report,
         calibration_size=campaign.data.calibration_size,
     )
-    measure = _Measurer(request)
     example = example_input(ctx.input_shape)
 
     for technique in stages["prune"]:
@@ -222,6 +230,8 @@ def _run(request: TrialRequest, outcome: TrialOutcome, should_prune: ShouldPrune
             "energy_per_inference_mj": (result.get("power") or {}).get("energy_per_inference_mj"),
             "remeasured": result.get("remeasured"),
             "device": result.get("device"),
+            "device_type": result.get("device_type"),
+            "agent_url": result["agent_url"],
             "backend": result["backend"]["name"],
             "backend_version": result["backend"]["version"],
         }

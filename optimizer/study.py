@@ -4,7 +4,6 @@ outcome is written (values, constraints, user attributes, artifacts)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -13,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
 from .pipeline import TrialOutcome
+from .storage import open_storage
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
@@ -23,6 +23,9 @@ CONSTRAINT_NAMES_ATTR = "constraint_names"
 UNKNOWN_CONSTRAINT = 1.0
 BASELINE_ATTR = "baseline"
 INTERRUPTED_ATTR = "interrupted"
+RETRIED_ATTR = "retried"  # lost to the device or a worker, and run again: not counted
+INFRA_ATTEMPT_ATTR = "infra_attempt"  # how many times this trial's parameters were re-run
+AGENT_POOL_ATTR = "agent_pool"  # study attribute: the pool's health as the driver last saw it
 RESOLVED_PARAMS_ATTR = "resolved_params"
 
 
@@ -36,14 +39,6 @@ def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # Wait for a lock instead of failing at once when a dashboard reads the file.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-    return optuna.storages.RDBStorage(url)
-
-
 def open_study(campaign: Campaign) -> optuna.Study:
     pareto = campaign.objective.mode == "pareto"
     pruner = (
@@ -52,12 +47,22 @@ def open_study(campaign: Campaign) -> optuna.Study:
         else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     )
     return optuna.create_study(
-        storage=_storage(campaign.storage_url),
+        storage=open_storage(campaign.storage_url, campaign.storage.retry_s),
         study_name=campaign.name,
         sampler=_sampler(campaign),
         pruner=pruner,
         directions=["minimize", "maximize"] if pareto else ["minimize"],
         load_if_exists=True,
+    )
+
+
+def load_existing_study(campaign: Campaign) -> optuna.Study:
+    """The campaign's study as stored, for the commands that read it (status, export), with
+    the same retries as the driver's; raises KeyError, like optuna.load_study, when no campaign
+    of that name has run there."""
+    return optuna.load_study(
+        study_name=campaign.name,
+        storage=open_storage(campaign.storage_url, campaign.storage.retry_s),
     )
 
 
@@ -150,5 +155,5 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=done)
-        if not t.user_attrs.get(INTERRUPTED_ATTR)
+        if not (t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(RETRIED_ATTR))
     ]

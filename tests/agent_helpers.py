@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -62,3 +63,11 @@ def start_agent(tmp: Path, *args: str, token: str | None = None) -> RunningAgent
     env.setdefault("JETSON_AGENT_ORT_THREADS", "1")
     process, url = start_local_agent(tmp / "agent-cache", *args, env=env)
     return RunningAgent(url, process, token)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick), for an agent that must come back
+    on the same address after it is killed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

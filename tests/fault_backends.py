@@ -21,3 +21,13 @@ class CrashingBackend(OnnxRuntimeBackend):
 
     def prepare(self, model_path, model, spec, engine_path):
         os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class SlowBuildBackend(OnnxRuntimeBackend):
+    """Takes ``SLOW_BUILD_S`` seconds (default 3) to build, so a test can act mid-job."""
+
+    name = "slow-build"
+
+    def prepare(self, model_path, model, spec, engine_path):
+        time.sleep(float(os.environ.get("SLOW_BUILD_S", "3")))
+        return super().prepare(model_path, model, spec, engine_path)

@@ -1,0 +1,104 @@
+"""A tiny real campaign for end-to-end tests, and ways to run and watch it as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+# Small enough for CI's 2 cores: 16 px digits, a 2-block ViT with 4 heads.
+TINY = {
+    "name": "tiny",
+    "model": {
+        "name": "vit_tiny_patch16_224",
+        "kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4},
+        "train": {"epochs": 12, "lr": 0.003},
+    },
+    "data": {"source": "digits", "image_size": 16, "calibration_size": 16},
+    "objective": {"max_accuracy_drop": 0.15},
+    "search": {
+        "seed": 0,
+        "trials": 5,
+        "space": {"train.epochs": {"low": 1, "high": 1}, "prune.ratio": {"low": 0.4, "high": 0.7}},
+    },
+    "execution": {"workers": 2},
+    "agents": {"measure": {"warmup": 5, "iterations": 30, "repeats": 2}},
+}
+STORAGE = "sqlite:///runs/tiny/study.db"
+
+
+def write_campaign(folder: Path, **changes: object) -> Path:
+    """TINY with dotted-key changes, written to ``folder/campaign.yaml``."""
+    data = json.loads(json.dumps(TINY))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path = folder / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_run(
+    folder: Path, campaign: Path, *args: str, env: dict | None = None
+) -> subprocess.Popen:
+    """``vitopt run`` as a separate process, as a user starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "optimizer", "run", str(campaign), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=folder,
+        env=env,
+    )
+
+
+def load(folder: Path) -> optuna.Study | None:
+    if not (folder / "runs" / "tiny" / "study.db").exists():
+        return None
+    try:
+        return optuna.load_study(
+            study_name="tiny", storage=f"sqlite:///{folder}/runs/tiny/study.db"
+        )
+    except KeyError:
+        return None
+
+
+def wait_until(
+    process: subprocess.Popen,
+    folder: Path,
+    ready: Callable[[list[FrozenTrial]], bool],
+    timeout_s: float = 300,
+) -> list[FrozenTrial]:
+    """Poll the study until ``ready(trials)``; fail with the run's stderr if it ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended early: {process.communicate()[1][-3000:]}")
+        study = load(folder)
+        if study is not None:
+            trials = study.get_trials(deepcopy=False)
+            if ready(trials):
+                return trials
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"timed out: {process.communicate()[1][-3000:]}")
+
+
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Finished trials that count towards the target (as ``optimizer.study.counted_trials``)."""
+    return [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        and not (t.user_attrs.get("interrupted") or t.user_attrs.get("retried"))
+    ]

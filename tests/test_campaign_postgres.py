@@ -1,0 +1,78 @@
+"""A real campaign whose study lives in a real PostgreSQL server, then optuna-dashboard (the real
+server, as a user starts it) reading that study over its JSON API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from campaign_helpers import write_campaign
+from click.testing import CliRunner
+from optuna.trial import TrialState
+from postgres_server import PostgresServer, free_port, postgres_fixture
+
+from optimizer.cli import main
+
+postgres = postgres_fixture()
+
+
+def _get_json(url: str, server: subprocess.Popen[bytes], log: Path) -> Any:
+    """GET `url`, waiting up to a minute for the server to answer at all."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"optuna-dashboard did not answer:\n{log.read_text()}"
+                ) from None
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_campaign_on_postgres_read_by_the_dashboard(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # In-process (Ray is covered by test_campaign_e2e), and no latency-first cut: sub-millisecond
+    # latencies sit within noise of each other.
+    changes = {"search.trials": 3, "execution.workers": 0, "objective.latency_first_cut": False}
+    campaign = write_campaign(tmp_path, **changes)
+
+    result = CliRunner().invoke(main, ["run", str(campaign), "--json", "--storage", postgres.url])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sum(summary["trials"][state] for state in ("complete", "pruned", "failed")) == 3
+    assert not (tmp_path / "runs" / "tiny" / "study.db").exists()
+
+    study = optuna.load_study(study_name="tiny", storage=postgres.url)
+    baseline = study.trials[0]
+    assert baseline.user_attrs["baseline"] is True and baseline.state == TrialState.COMPLETE
+    assert baseline.user_attrs["accuracy"] > 0.5 and baseline.user_attrs["latency_ms"] > 0
+
+    port, log = free_port(), tmp_path / "dashboard.log"
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), postgres.url]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref"]
+    with log.open("wb") as output:
+        dashboard = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        api = f"http://127.0.0.1:{port}/api/studies"
+        studies = _get_json(api, dashboard, log)["study_summaries"]
+        [listed] = [s for s in studies if s["study_name"] == "tiny"]
+        detail = _get_json(f"{api}/{listed['study_id']}", dashboard, log)
+        assert detail["name"] == "tiny"
+        assert len(detail["trials"]) == len(study.trials) >= 3
+        assert detail["trials"][0]["user_attrs"]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)

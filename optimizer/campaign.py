@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .agent_pool import AgentLease, AgentPool, AgentPoolError, probe_agents
 from .baseline import prepare_baseline
 from .config import Campaign
-from .executor import make_executor
+from .executor import Executor, make_executor
 from .local_agent import AgentStartError, local_agent
 from .pipeline import TrialOutcome, TrialRequest, load_splits
 from .plugin_manager import build_plugin_manager, collect_techniques
@@ -272,7 +272,7 @@ def run_campaign(
         executor = make_executor(campaign.execution, workers)
         try:
             pool = executor.share(AgentPool, *setup.pool_args())
-            _drive(study, setup, executor, pool, console, started)
+            drive(study, setup, executor, pool, console, started)
         finally:
             executor.shutdown()
             signal.signal(signal.SIGTERM, previous)
@@ -281,9 +281,17 @@ def run_campaign(
     return summary
 
 
-def _drive(
-    study, setup: Setup, executor, pool: AgentLease, console: Console, started: float
+def drive(
+    study: optuna.Study,
+    setup: Setup,
+    executor: Executor,
+    pool: AgentLease,
+    console: Console,
+    started: float,
 ) -> None:
+    """The search loop: keep the executor full, record outcomes as they come, until the
+    target is reached. ``run_campaign`` wraps it with the set-up; benchmarks call it with a
+    synthetic trial function to time the orchestration alone."""
     campaign = setup.campaign
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None

@@ -260,22 +260,26 @@ def run_campaign(
     """Run (or resume) the campaign until ``search.trials`` trials have finished."""
     started = time.monotonic()
     workers = campaign.execution.workers if workers is None else workers
-    with agent_endpoint(campaign, console, agent_urls) as (urls, token):
-        setup = prepare(campaign, console, urls, token)
-        study = open_study(campaign)
-        recovered = recover_interrupted(study)
-        if recovered:
-            console.print(f"resuming: {recovered} interrupted trial(s) queued again")
-        if not study.trials:
-            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        executor = make_executor(campaign.execution, workers)
-        try:
-            pool = executor.share(AgentPool, *setup.pool_args())
-            drive(study, setup, executor, pool, console, started)
-        finally:
-            executor.shutdown()
-            signal.signal(signal.SIGTERM, previous)
+    # SIGTERM stops a run the way Ctrl-C does, set-up included (the embedded agent is stopped).
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with agent_endpoint(campaign, console, agent_urls) as (urls, token):
+            setup = prepare(campaign, console, urls, token)
+            study = open_study(campaign)
+            recovered = recover_interrupted(study)
+            if recovered:
+                console.print(f"resuming: {recovered} interrupted trial(s) queued again")
+            if not study.trials:
+                study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            executor = make_executor(campaign.execution, workers)
+            signal.signal(signal.SIGTERM, _raise_interrupt)  # ray.init installs its own
+            try:
+                pool = executor.share(AgentPool, *setup.pool_args())
+                drive(study, setup, executor, pool, console, started)
+            finally:
+                executor.shutdown()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = _summary(study, campaign, time.monotonic() - started)
     setup.manager.hook.vitopt_campaign_finished(summary=summary)
     return summary

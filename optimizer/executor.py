@@ -174,7 +174,9 @@ class RayExecutor:
         if self._started:
             try:
                 ray.init(
-                    address=execution.ray_address,
+                    # No address: a fresh runtime on this machine, never a cluster that a
+                    # stale /tmp/ray/ray_current_cluster file points to ("auto" joins one).
+                    address=execution.ray_address or "local",
                     runtime_env=_default_runtime_env(execution),
                     include_dashboard=False,
                     logging_level="WARNING",

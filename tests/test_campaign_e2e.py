@@ -12,44 +12,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+from campaign_helpers import write_campaign
 from click.testing import CliRunner
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from optimizer.cli import main
-
-# A campaign small enough for CI's 2 cores: 16 px digits, a 2-block ViT with 4 heads.
-TINY = {
-    "name": "tiny",
-    "model": {
-        "name": "vit_tiny_patch16_224",
-        "kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4},
-        "train": {"epochs": 12, "lr": 0.003},
-    },
-    "data": {"source": "digits", "image_size": 16, "calibration_size": 16},
-    "objective": {"max_accuracy_drop": 0.15},
-    "search": {
-        "seed": 0,
-        "trials": 5,
-        "space": {"train.epochs": {"low": 1, "high": 1}, "prune.ratio": {"low": 0.4, "high": 0.7}},
-    },
-    "execution": {"workers": 2},
-    "agents": {"measure": {"warmup": 5, "iterations": 30, "repeats": 2}},
-}
-
-
-def _campaign(tmp_path: Path, **changes: object) -> Path:
-    data = json.loads(json.dumps(TINY))
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path = tmp_path / "campaign.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture()
@@ -62,7 +30,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
     # Sub-millisecond latencies sit within noise of each other, so the latency-first cut would
     # stop most candidates here; it is exercised by the resume test instead.
-    campaign = _campaign(in_tmp, **{"objective.latency_first_cut": False})
+    campaign = write_campaign(in_tmp, **{"objective.latency_first_cut": False})
     result = CliRunner().invoke(main, ["run", str(campaign), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -99,6 +67,8 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
         assert attrs["feasible"] == (trial.constraints["0"] <= 0)
         names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
         assert names == {"model.onnx", "measurement.json"}
+        assert attrs["node_id"] and attrs["hostname"]  # where the Ray task ran
+        assert [job["status"] for job in attrs["agent_jobs"]][-1] == "ok"
     pruned_models = [t for t in complete if t.params.get("prune.method", "none") != "none"]
     for trial in pruned_models:
         assert trial.user_attrs["params_count"] < baseline.user_attrs["params_count"]
@@ -125,9 +95,15 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "ray"])
-def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path, workers: int) -> None:
-    campaign = _campaign(in_tmp, **{"search.trials": 4, "execution.workers": workers})
+@pytest.mark.parametrize(
+    ("workers", "stop"),
+    [(0, signal.SIGINT), (2, signal.SIGTERM)],
+    ids=["in-process-sigint", "ray-sigterm"],
+)
+def test_interrupted_campaign_resumes_to_the_target(
+    in_tmp: Path, workers: int, stop: signal.Signals
+) -> None:
+    campaign = write_campaign(in_tmp, **{"search.trials": 4, "execution.workers": workers})
     command = [sys.executable, "-m", "optimizer", "run", str(campaign)]
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=in_tmp
@@ -149,9 +125,11 @@ def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path, workers: int) 
     if finished < 2:
         process.kill()
         raise AssertionError(f"the campaign never got going: {process.communicate()[1][-3000:]}")
-    process.send_signal(signal.SIGINT)
+    signalled = time.monotonic()
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
+    assert time.monotonic() - signalled < 20  # within seconds, Ray's shutdown included
     assert "Run the same command again to resume" in " ".join(stderr.split())
 
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -161,6 +139,10 @@ def test_interrupted_campaign_resumes_to_the_target(in_tmp: Path, workers: int) 
         if t.state.is_finished() and not t.user_attrs.get("interrupted")
     }
     assert not study.get_trials(states=(TrialState.RUNNING,))
+    for trial in study.trials:  # every stopped trial says why
+        if trial.user_attrs.get("interrupted"):
+            assert trial.state == TrialState.FAIL
+            assert trial.user_attrs["fail_reason"] == "interrupted by the user"
 
     rerun = subprocess.run(
         command, capture_output=True, text=True, cwd=in_tmp, env=dict(os.environ), timeout=600

@@ -228,7 +228,10 @@ class RayExecutor:
     ) -> list[tuple[Any, TrialOutcome]]:
         if not handles:
             return []
-        ready, _ = self._ray.wait(handles, num_returns=len(handles), timeout=timeout_s)
+        # Back as soon as one trial is done (its slot refills at once), with any others done too.
+        ready, rest = self._ray.wait(handles, num_returns=1, timeout=timeout_s)
+        if ready and rest:
+            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         if decide is not None:
             self._broker.serve(decide)
         finished = []

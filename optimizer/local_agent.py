@@ -4,6 +4,8 @@ campaign that names none, and the agent benchmarks and tests talk to."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -36,6 +38,7 @@ def start_local_agent(
         stderr=subprocess.DEVNULL,
         text=True,
         env=dict(env) if env is not None else None,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -44,6 +47,14 @@ def start_local_agent(
         process.wait()
         raise AgentStartError(f"the device agent did not start: {line.strip()!r}")
     return process, line.split("listening on ", 1)[1].split()[0]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM when its parent dies, so an embedded
+    agent never outlives a driver that was killed (SIGKILL leaves no chance to stop it). Linux
+    ties this to the thread that started the child: start agents from a long-lived thread."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop_local_agent(process: subprocess.Popen) -> None:

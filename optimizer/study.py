@@ -4,6 +4,7 @@ outcome is written (values, constraints, user attributes, artifacts)."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -36,7 +37,15 @@ def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
     if campaign.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     # Optuna 5's samplers read the constraints each trial sets (Trial.set_constraint).
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+    # group=True: the space is conditional (a parameter is active only when another says so) and
+    # the baseline has no parameters at all, so a plain multivariate TPE would see an empty
+    # intersection and sample every parameter independently. constant_liar: trials in flight
+    # count as bad, so parallel workers do not all sample the same point.
+    with warnings.catch_warnings():  # experimental in Optuna 5; said once here, not per run
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=5, multivariate=True, group=True, constant_liar=True
+        )
 
 
 def open_study(campaign: Campaign) -> optuna.Study:

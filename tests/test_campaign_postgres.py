@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 import pytest
-from campaign_helpers import write_campaign
+from campaign_helpers import counted, write_campaign
 from click.testing import CliRunner
 from optuna.trial import TrialState
 from postgres_server import PostgresServer, free_port, postgres_fixture
@@ -76,3 +76,49 @@ def test_campaign_on_postgres_read_by_the_dashboard(
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_database_restart_mid_campaign_loses_nothing(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    changes = {"search.trials": 4, "execution.workers": 2, "objective.latency_first_cut": False}
+    campaign = write_campaign(tmp_path, **changes, storage={"url": postgres.url, "retry_s": 180})
+    log = tmp_path / "run.log"
+    with log.open("w") as output:  # read while it runs
+        run = subprocess.Popen(
+            [sys.executable, "-m", "optimizer", "run", str(campaign)],
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the baseline is in; trials are running
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the campaign never got going"
+            try:
+                trials = optuna.load_study(study_name="tiny", storage=postgres.url).trials
+            except KeyError:
+                trials = []
+            if any(t.state.is_finished() for t in trials):
+                break
+            time.sleep(0.5)
+        postgres.stop()
+        # Down until the driver has needed it (it says so), and a little longer.
+        while "did not answer" not in log.read_text():
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline + 300, "the driver never touched the database"
+            time.sleep(0.5)
+        time.sleep(3)
+        postgres.start()
+        run.wait(timeout=600)
+        stderr = log.read_text()
+        assert run.returncode == 0, stderr[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert "answered again" in stderr  # the driver noticed the outage and rode it out
+    trials = optuna.load_study(study_name="tiny", storage=postgres.url).trials
+    assert len(counted(trials)) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]

@@ -87,3 +87,19 @@ def test_pareto_mode_records_latency_and_accuracy(in_tmp: Path) -> None:
     assert study.trials[1].values == [1.0, 0.93]
     front = {t.number for t in study.best_trials}
     assert front == {0, 1}  # trial 2 is slower than 1 and less accurate
+
+
+def test_tpe_models_parameters_jointly_despite_the_parameterless_baseline(tmp_path: Path) -> None:
+    study = open_study(_campaign(tmp_path))
+    store = artifact_store(_campaign(tmp_path))
+    baseline = study.ask()  # the baseline samples nothing
+    record(study, baseline, _complete(baseline.number, 2.0, 0.9, 0.0), _campaign(tmp_path), store)
+    for number in range(1, 4):
+        trial = study.ask()
+        trial.suggest_float("prune.ratio", 0.1, 0.7)
+        trial.suggest_int("train.epochs", 0, 3)
+        outcome = _complete(number, 1.0 + number / 10, 0.9, 0.01)
+        record(study, trial, outcome, _campaign(tmp_path), store)
+    trial = study.ask()
+    joint = study.sampler.infer_relative_search_space(study, trial)
+    assert set(joint) == {"prune.ratio", "train.epochs"}

@@ -25,12 +25,11 @@ Optuna's cache (_CachedStorage) stays in the chain, under the retries: the drive
 trials often, and the cache turns that into reading only the unfinished and new ones. A failed
 call leaves the cache as it was, since the cache is updated only after the database answered.
 
-Caveat: a write whose commit succeeded but whose acknowledgement was lost (the connection broke
-in between) is retried. Attribute writes, parameters and intermediate values are idempotent;
-but a repeated finishing state change (tell) finds the trial finished and raises
-UpdateFinishedTrialError, and a repeated create_new_trial leaves an extra trial RUNNING that
-nothing runs, which the next `vitopt run` fails as interrupted, like the trials of a driver
-that died.
+A write whose commit succeeded but whose acknowledgement was lost (the connection broke in
+between) is retried. Attribute writes, parameters and intermediate values are idempotent; a
+repeated finishing state change (tell) finds the trial already in that state, which counts as
+done. Caveat: a repeated create_new_trial leaves an extra trial RUNNING that nothing runs,
+which the next `vitopt run` fails as interrupted, like the trials of a driver that died.
 """
 
 from __future__ import annotations
@@ -40,11 +39,13 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
+from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -130,7 +131,7 @@ def _delegate_every_method(cls: type[_RetryingStorage]) -> type[_RetryingStorage
     would bypass the wrapped storage's own (the cache's get_best_trial, say), and a method a
     newer Optuna adds is covered without a change here."""
     for name, member in vars(BaseStorage).items():
-        if callable(member) and not name.startswith("_"):
+        if callable(member) and not name.startswith("_") and name not in vars(cls):
             setattr(cls, name, _retried(name))
     return abc.update_abstractmethods(cls)
 
@@ -139,6 +140,26 @@ def _delegate_every_method(cls: type[_RetryingStorage]) -> type[_RetryingStorage
 class _RetryingStorage(BaseStorage):
     def __init__(self, storage: BaseStorage, url: str, retry_s: float) -> None:
         self._storage, self._url, self._retry_s = storage, url, retry_s
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Retried like the rest, except that a retry finding the trial already in ``state``
+        means the lost attempt had committed: done, not an error."""
+        retrying = False
+
+        def attempt() -> bool:
+            nonlocal retrying
+            try:
+                return self._storage.set_trial_state_values(trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if retrying and self._storage.get_trial(trial_id).state == state:
+                    return True
+                raise
+            finally:
+                retrying = True
+
+        return _retry(attempt, self._url, self._retry_s)
 
 
 def _attempt_s(retry_s: float) -> float:

@@ -15,9 +15,10 @@ from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from postgres_server import PostgresServer, free_port, postgres_fixture
+from sqlalchemy.exc import OperationalError
 
 from optimizer.config import Campaign
-from optimizer.storage import StorageUnavailable, open_storage
+from optimizer.storage import StorageUnavailable, _RetryingStorage, open_storage
 from optimizer.study import load_existing_study
 
 postgres = postgres_fixture()
@@ -147,3 +148,32 @@ def test_postgres_restart_is_ridden_out(postgres: PostgresServer) -> None:
     assert "\n" not in message and "secret" not in message
     assert message.startswith(f"storage postgresql://vitopt:***@127.0.0.1:{postgres.port}/vitopt")
     assert "did not answer for 3 s" in message and "Connection refused" in message
+
+
+class _LostAcknowledgement(optuna.storages.RDBStorage):
+    """SQLite storage whose first finishing write commits, then loses its answer, as when a
+    connection breaks between the server's commit and the client reading it."""
+
+    lost = False
+
+    def set_trial_state_values(self, trial_id, state, values=None):  # type: ignore[override]
+        done = super().set_trial_state_values(trial_id, state, values)
+        if not self.lost:
+            self.lost = True
+            raise OperationalError("COMMIT", {}, ConnectionResetError("connection reset"))
+        return done
+
+
+def test_a_tell_whose_answer_was_lost_is_not_an_error(sqlite_url: str) -> None:
+    Path(sqlite_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    inner = _LostAcknowledgement(sqlite_url)
+    storage = _RetryingStorage(inner, sqlite_url, retry_s=5)
+    study = optuna.create_study(storage=storage, study_name="ack")
+    trial = study.ask()
+    study.tell(trial, 1.0)  # committed, answer lost, retried: finds it COMPLETE
+    assert inner.lost
+    assert study.trials[0].state == TrialState.COMPLETE
+    other = study.ask()
+    study.tell(other, state=TrialState.FAIL)
+    with pytest.raises(UpdateFinishedTrialError):  # a real double tell is still refused
+        storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [2.0])

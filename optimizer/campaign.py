@@ -170,6 +170,18 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial
     study.enqueue_trial(trial.params, user_attrs={BASELINE_ATTR: True} if baseline else None)
 
 
+def check_device_type(study: optuna.Study, device_type: str) -> None:
+    """A resumed campaign measures on the device type its baseline was measured on: speedups
+    and the latency-first cut compare with the baseline's latency."""
+    base = baseline_trial(study)
+    measured_on = base.user_attrs.get("device_type") if base is not None else None
+    if measured_on is not None and measured_on != device_type:
+        raise CampaignFailed(
+            f"this campaign's baseline was measured on {measured_on!r}, but its agents now are "
+            f"{device_type!r}: list agents of that type, or start a new campaign name"
+        )
+
+
 def recover_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by a driver that died: fail them with the reason, run them again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -266,6 +278,7 @@ def run_campaign(
         with agent_endpoint(campaign, console, agent_urls) as (urls, token):
             setup = prepare(campaign, console, urls, token)
             study = open_study(campaign)
+            check_device_type(study, setup.device_type)
             recovered = recover_interrupted(study)
             if recovered:
                 console.print(f"resuming: {recovered} interrupted trial(s) queued again")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from optimizer.campaign import CampaignFailed, check_device_type
 from optimizer.config import load_campaign
 from optimizer.pipeline import TrialOutcome
 from optimizer.study import artifact_store, best_feasible, open_study, record
@@ -103,3 +104,17 @@ def test_tpe_models_parameters_jointly_despite_the_parameterless_baseline(tmp_pa
     trial = study.ask()
     joint = study.sampler.infer_relative_search_space(study, trial)
     assert set(joint) == {"prune.ratio", "train.epochs"}
+
+
+def test_a_resumed_campaign_keeps_its_device_type(tmp_path: Path) -> None:
+    campaign = _campaign(tmp_path)
+    study = open_study(campaign)
+    check_device_type(study, "orin")  # nothing measured yet: any type
+    baseline = study.ask()
+    outcome = _complete(baseline.number, 2.0, 0.9, 0.0)
+    outcome.attrs["device_type"] = "nano-maxn"
+    outcome.attrs["baseline"] = True
+    record(study, baseline, outcome, campaign, artifact_store(campaign))
+    check_device_type(study, "nano-maxn")
+    with pytest.raises(CampaignFailed, match=r"baseline was measured on 'nano-maxn'.*'orin'"):
+        check_device_type(study, "orin")

@@ -329,7 +329,7 @@ def main() -> None:
                 "trial_s": args.trial_s,
                 "trials": args.trials,
                 "calibration": calibration,
-                "sampler": "TPE (multivariate, 5 startup trials)",
+                "sampler": "TPE (multivariate, group, constant liar, 5 startup trials)",
                 "runs": runs,
                 "note": (
                     f"{cpus} CPU(s): each Ray trial holds 1 CPU, so workers beyond {cpus} queue "

@@ -156,7 +156,8 @@ def main() -> None:
                 },
                 "trials": args.trials,
                 "storage": "sqlite file (vitopt's retrying storage over Optuna's cache)",
-                "sampler": "TPE (multivariate, 5 startup trials): its cost grows with trials",
+                "sampler": "TPE (multivariate, group, constant liar, 5 startup trials): "
+                "its cost grows with trials",
                 "space_params": len(drive_setup.space.params),
                 "drive_wall_s": round(drive_wall, 3),
                 "optuna_wall_s": round(optuna_wall, 3),

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +90,11 @@ def two_node_cluster(ray_env: dict[str, str]) -> Iterator[str]:
     finally:
         for node in reversed(nodes):
             node.stop()
+        # 'ray start' leaves the head's address for later ray.init() calls; 'ray stop' (which
+        # would also stop every other Ray on the host) is what removes it.
+        pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if pointer.exists() and pointer.read_text().strip() == address:
+            pointer.unlink()
 
 
 @pytest.fixture()

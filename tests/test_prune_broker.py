@@ -24,7 +24,8 @@ def _fake_training(should_prune: RemoteShouldPrune, accuracies: list[float]) -> 
 def test_worker_reports_reach_the_driver_and_its_answers_come_back() -> None:
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # "local": a runtime of its own, never a cluster another test left a pointer to.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         broker = PruneBroker()
         seen: list[tuple[int, int, float]] = []

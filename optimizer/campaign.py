@@ -46,6 +46,7 @@ from .study import (
     open_study,
     record,
 )
+from .study_note import name_objectives, write_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -313,6 +314,7 @@ def drive(
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
     store = artifact_store(campaign)
+    name_objectives(study, campaign)
     running: dict[Any, optuna.Trial] = {}
     columns = (
         TextColumn("trials"),
@@ -338,6 +340,7 @@ def drive(
                     if retry is not None:
                         study.enqueue_trial(trial.params, user_attrs=retry)
                     study.set_user_attr(AGENT_POOL_ATTR, pool.snapshot())
+                    write_note(study, campaign)  # best effort: logs a warning on failure
                     setup.manager.hook.vitopt_trial_finished(
                         trial_number=frozen.number,
                         state=frozen.state.name,
@@ -360,6 +363,7 @@ def drive(
                 "stopped; finished trials are kept and interrupted ones will re-run. "
                 "Run the same command again to resume."
             ) from None
+    write_note(study, campaign)
 
 
 def _retry_on_infra(

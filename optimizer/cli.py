@@ -6,6 +6,8 @@ import click
 
 from .agent_commands import agent
 from .campaign_commands import baseline, export, run, status
+from .plugin_commands import plugin, plugins
+from .review_commands import dashboard, report
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,5 +17,5 @@ def main() -> None:
     with latency measured on the real device by its agent (python -m jetson_agent serve)."""
 
 
-for command in (run, status, baseline, export, agent):
+for command in (run, status, baseline, export, agent, dashboard, report, plugins, plugin):
     main.add_command(command)

@@ -1,11 +1,41 @@
-"""vitopt's plugin hooks (pluggy project ``vitopt``, entry-point group ``vitopt.plugins``).
+"""vitopt's plugin hooks: the reference for plugin authors.
 
-Written for plugin authors. A plugin is a module (or object) with functions named like the hooks
-below and marked with :data:`hookimpl`; installed distributions expose it through the
-``vitopt.plugins`` entry point, and the built-in techniques register exactly the same way.
+vitopt is extended with `pluggy <https://pluggy.readthedocs.io>`_ (project name ``vitopt``). A
+plugin is a module whose functions are named like the hooks below and decorated with
+:data:`hookimpl`::
 
-Stability: hooks gain keyword arguments over time, never lose them; an implementation may
-accept only the arguments it needs (pluggy passes arguments by name).
+    from optimizer.hookspecs import hookimpl
+
+    @hookimpl
+    def vitopt_register_techniques():
+        return [LowRank()]
+
+An installed distribution exposes its plugin module through the ``vitopt.plugins`` entry-point
+group (``[project.entry-points."vitopt.plugins"] lowrank = "vitopt_lowrank.plugin"`` in its
+``pyproject.toml``); the entry-point name (``lowrank``) is the plugin's name, the one
+``plugins.disable`` and ``$VITOPT_DISABLE_PLUGINS`` take. The built-in techniques
+(``plugins.pruning``, ``plugins.distillation``, ``plugins.quantization``) register through
+exactly these hooks. ``vitopt plugins`` lists what is installed; ``vitopt plugin new NAME``
+scaffolds a package; ``docs/plugins.md`` is the guide. The technique contract itself
+(:class:`~optimizer.technique.Technique`, :class:`~optimizer.technique.ParamSpec`,
+:class:`~optimizer.technique.StageContext`) lives in :mod:`optimizer.technique`.
+
+Where hooks run. A campaign has one *driver* process (``vitopt run``: it owns the Optuna study)
+and runs each trial either in the driver (``execution.workers: 0``) or in a Ray worker, possibly
+on another machine of a cluster. Registration hooks are called in every process that builds the
+plugin manager (the driver, each trial's process, ``vitopt plugins``), so they must be cheap and
+free of side effects: import heavy libraries inside ``Technique.apply``, not at module level.
+Lifecycle hooks are called in the driver only.
+
+Errors. A plugin that fails to import, raises in a registration hook, returns something that is
+not a technique, declares an invalid :class:`~optimizer.technique.ParamSpec`, or claims a
+technique name or parameter name another plugin has, stops ``vitopt run`` (and makes
+``vitopt plugins`` exit non-zero) before any trial, with one line naming the plugin and its
+distribution. A technique that raises inside ``apply`` fails that trial only.
+
+Stability: hooks gain keyword arguments over time, never lose them, and an implementation may
+accept only the arguments it needs (pluggy passes them by name); new hooks may be added. The
+dataclasses of :mod:`optimizer.technique` gain fields with defaults, never lose them.
 """
 
 from __future__ import annotations
@@ -21,47 +51,79 @@ PROJECT = "vitopt"
 ENTRY_POINT_GROUP = "vitopt.plugins"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate a plugin's hook functions with this (``from optimizer.hookspecs import hookimpl``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
 def vitopt_register_techniques() -> Sequence[Technique]:
-    """Return the compression techniques this plugin provides.
+    """Return the compression techniques this plugin provides (a list, possibly empty).
 
-    Each technique declares its ``stage`` (prune, train or quantize), its search parameters
-    (fully qualified names such as ``prune.ratio``, unique across all plugins) and ``apply``.
-    Called once per process when the plugin manager is built.
+    Called when the plugin manager is built: in the driver before the search starts (to build
+    the search space from every technique's :meth:`~optimizer.technique.Technique.search_space`),
+    in every trial's process (a Ray worker, or the driver with ``execution.workers: 0``) before
+    the trial runs, and by ``vitopt plugins``. Return fresh, cheap objects; do not load models
+    or data here.
+
+    Each technique is checked at once: a ``name`` unique across plugins, a ``stage`` of
+    ``prune``, ``train`` or ``quantize``, and valid parameters (each a
+    :class:`~optimizer.technique.ParamSpec` with a qualified name unique across plugins, a
+    default inside its range, and ``when`` naming parameters declared before it). Raising here,
+    or returning something else, stops the campaign before any trial with a message naming the
+    plugin and its distribution.
     """
 
 
 @hookspec
 def vitopt_register_tasks() -> Mapping[str, Any]:
-    """Return ``{name: task}`` for the tasks this plugin provides (``classification`` ...).
+    """Return ``{name: task}`` for the tasks this plugin provides (``classification``).
 
-    A task knows how to build the head of a model, its loss, and its metric on ONNX outputs.
+    A task gives the training loss (``task.loss(logits, labels)``) and the metric on the
+    deployable ONNX file (``task.evaluate_onnx(path, dataset) -> float``, higher is better).
+    Called in the driver and in every trial's process, like
+    :func:`vitopt_register_techniques`; a task is chosen by the campaign's ``task.name``.
+    Raising here fails the campaign's start (or the trial, in a worker).
     """
 
 
 @hookspec
 def vitopt_register_datasets() -> Mapping[str, Any]:
-    """Return ``{name: factory}`` for data sources (``digits``, ``imagefolder`` ...).
+    """Return ``{name: factory}`` for data sources (``digits``, ``imagefolder``).
 
-    A factory takes the campaign's ``data`` section and returns train/val/test datasets.
+    A factory takes the campaign's ``data`` section (:class:`optimizer.config.DataConfig`) and
+    returns the splits: an object with ``train``, ``val``, ``test`` (torch datasets of
+    ``(image, label)``), ``num_classes`` and ``input_shape`` ``(C, H, W)``. Called in the driver
+    and once per trial process (the splits are cached per process); a source is chosen by the
+    campaign's ``data.source``. Raising here fails the campaign's start (or the trial).
     """
 
 
 @hookspec
 def vitopt_trial_started(trial_number: int, params: Mapping[str, Any]) -> None:
-    """A trial is about to run with ``params`` (for loggers; the return value is ignored)."""
+    """A trial is about to be submitted with ``params`` (every parameter by qualified name).
+
+    For loggers and trackers. Called in the driver only, before the trial runs; the return value
+    is ignored. An exception stops the campaign (finished trials are kept, ``vitopt run``
+    resumes), so a logger should catch its own errors.
+    """
 
 
 @hookspec
 def vitopt_trial_finished(
     trial_number: int, state: str, values: Sequence[float] | None, attrs: Mapping[str, Any]
 ) -> None:
-    """A trial ended: ``state`` is COMPLETE, PRUNED or FAIL; ``attrs`` are its user attributes."""
+    """A trial was recorded in the study.
+
+    ``state`` is ``COMPLETE``, ``PRUNED`` or ``FAIL``; ``values`` its objective values (latency,
+    or latency and accuracy in Pareto mode; ``None`` unless complete); ``attrs`` its user
+    attributes (``accuracy``, ``latency_p50_ms``, ``speedup``, ``fail_reason`` ...). Called in
+    the driver only; the return value is ignored; an exception stops the campaign.
+    """
 
 
 @hookspec
 def vitopt_campaign_finished(summary: Mapping[str, Any]) -> None:
-    """The campaign stopped (finished, interrupted or out of time); ``summary`` is its report."""
+    """The campaign stopped after reaching its trial target or its time limit; ``summary`` is
+    the report ``vitopt run --json`` prints (baseline, best feasible trial, counts). Called in
+    the driver only; the return value is ignored.
+    """

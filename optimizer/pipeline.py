@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import shutil
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from .baseline import load_model, load_teacher
 from .config import Campaign
 from .export import export_onnx
 from .model_stats import count_macs, count_params, example_input, onnx_size_bytes
-from .plugin_manager import build_plugin_manager, collect_techniques
+from .plugin_manager import RegisteredTechnique, build_plugin_manager, collect_techniques
 from .technique import OnnxArtifact, StageContext, TrialPruned
 
 ShouldPrune = Callable[[int, float], bool]
@@ -122,6 +123,12 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
         outcome.attrs["fail_reason"] = f"agent: {exc}"
         outcome.attrs["fail_status"] = exc.status
         outcome.attrs["candidate_fault"] = exc.candidate_fault
+    except TechniqueFailed as exc:
+        outcome.state = "FAIL"
+        outcome.attrs["fail_reason"] = str(exc)
+        cause = exc.__cause__ or exc  # the plugin's own frames, not the check's
+        lines = traceback.format_exception(type(cause), cause, cause.__traceback__)
+        outcome.attrs["traceback"] = "".join(lines)[-4000:]
     except Exception as exc:
         outcome.state = "FAIL"
         outcome.attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
@@ -146,9 +153,17 @@ def _run(
     work.mkdir(parents=True, exist_ok=True)
 
     manager = build_plugin_manager(campaign.plugins.disable)
-    stages: dict[str, list[Any]] = {"prune": [], "train": [], "quantize": []}
+    stages: dict[str, list[RegisteredTechnique]] = {"prune": [], "train": [], "quantize": []}
+    declared: set[str] = set()
     for registered in collect_techniques(manager):
-        stages[registered.technique.stage].append(registered.technique)
+        stages[registered.technique.stage].append(registered)
+        declared.update(spec.name for spec in registered.technique.search_space())
+    unknown = sorted(set(params) - declared)
+    if unknown:  # the driver has a plugin this process lacks: never run without it silently
+        raise TechniqueFailed(
+            f"no technique on {socket.gethostname()} declares {', '.join(unknown)}: install the "
+            "plugin that does on every node that runs trials (at the driver's version)"
+        )
     splits = load_splits(campaign)
     model = load_model(campaign, splits.num_classes, request.checkpoint)
     teacher = (
@@ -177,18 +192,19 @@ def _run(
         seed=seed,
         report=report,
         calibration_size=campaign.data.calibration_size,
+        trial_number=request.number,
     )
     example = example_input(ctx.input_shape)
 
     for technique in stages["prune"]:
-        model = technique.apply(model, params, ctx)
+        model = apply_technique(technique, model, params, ctx)
     outcome.attrs["params_count"] = count_params(model)
     outcome.attrs["macs"] = count_macs(model, ctx.input_shape)
 
     def deployable(name: str) -> OnnxArtifact:
         artifact = OnnxArtifact(export_onnx(model, example, work / f"{name}.onnx"))
         for technique in stages["quantize"]:
-            artifact = technique.apply(artifact, params, ctx)
+            artifact = apply_technique(technique, artifact, params, ctx)
         return artifact
 
     artifact = deployable("architecture")
@@ -206,7 +222,7 @@ def _run(
         return
     before = _fingerprint(model)
     for technique in stages["train"]:
-        model = technique.apply(model, params, ctx)
+        model = apply_technique(technique, model, params, ctx)
     if _fingerprint(model) != before:  # retrained: the deployable file and its timing change
         artifact = deployable("candidate")
         result = measure(artifact)
@@ -247,6 +263,35 @@ def _run(
     report_path = work / "measurement.json"
     report_path.write_text(json.dumps(result, indent=1))
     outcome.artifacts = {"model.onnx": str(deployed), "measurement.json": str(report_path)}
+
+
+class TechniqueFailed(Exception):
+    """A technique raised in ``apply`` or returned the wrong type: the trial fails with this
+    message (it names the technique and its plugin), the campaign goes on."""
+
+
+def apply_technique(
+    registered: RegisteredTechnique, subject: Any, params: dict[str, Any], ctx: StageContext
+) -> Any:
+    """``technique.apply``, checked: what a stage returns must be what the next one takes
+    (prune/train: a ``torch.nn.Module``; quantize: an :class:`OnnxArtifact`)."""
+    technique = registered.technique
+    expected = OnnxArtifact if technique.stage == "quantize" else torch.nn.Module
+    source = registered.source
+    origin = f"built-in {source.name}" if source.builtin else source.origin
+    who = f"technique {technique.name!r} ({origin})"
+    try:
+        result = technique.apply(subject, params, ctx)
+    except (TrialPruned, MeasurementFailed):
+        raise
+    except Exception as exc:
+        raise TechniqueFailed(f"{who} failed in apply: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, expected):
+        wanted = "an OnnxArtifact" if expected is OnnxArtifact else "a torch.nn.Module"
+        raise TechniqueFailed(
+            f"{who} returned {type(result).__name__} from apply, expected {wanted}"
+        )
+    return result
 
 
 def _fingerprint(model: torch.nn.Module) -> str:

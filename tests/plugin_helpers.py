@@ -1,0 +1,100 @@
+"""Plugin packages for tests, installed as a user installs them (pip), but into a throwaway
+``--target`` folder rather than the virtual environment: ``PYTHONPATH=TARGET`` makes a
+subprocess see them (importlib.metadata reads ``TARGET/*.dist-info`` entry points), and
+``monkeypatch.syspath_prepend(TARGET)`` does the same in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "vitopt-lowrank"
+
+
+def pip_install(package: Path, target: Path) -> None:
+    """``pip install --no-deps --no-build-isolation --target TARGET`` of a copy of ``package``
+    (setuptools writes build/ and *.egg-info/ next to the sources), offline."""
+    build = target.parent / f"build-{package.name}"
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.copytree(package, build, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(build),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def write_plugin_package(
+    folder: Path, name: str, plugin_code: str, version: str = "0.1.0", entry_point: str = ""
+) -> Path:
+    """A minimal plugin distribution ``vitopt-NAME`` whose entry point ``NAME`` (or
+    ``entry_point``) is the module ``vitopt_NAME.plugin`` holding ``plugin_code``."""
+    package = f"vitopt_{name}"
+    root = folder / f"vitopt-{name}"
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text("")
+    (root / package / "plugin.py").write_text(textwrap.dedent(plugin_code))
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [build-system]
+            requires = ["setuptools>=68"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "vitopt-{name}"
+            version = "{version}"
+
+            [project.entry-points."vitopt.plugins"]
+            {entry_point or name} = "{package}.plugin"
+
+            [tool.setuptools.packages.find]
+            include = ["{package}*"]
+            """
+        )
+    )
+    return root
+
+
+def env_with(target: Path, **extra: str) -> dict[str, str]:
+    """This environment, with ``target`` first on PYTHONPATH and $VITOPT_DISABLE_PLUGINS unset
+    unless given."""
+    env = {k: v for k, v in os.environ.items() if k != "VITOPT_DISABLE_PLUGINS"}
+    path = [str(target), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    env.update(extra)
+    return env
+
+
+def vitopt(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``vitopt ARGS`` as a user runs it, in a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )

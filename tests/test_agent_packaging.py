@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pip_target import pip_install
 
 REPO = Path(__file__).resolve().parent.parent
 VERMIN = [
@@ -44,30 +44,9 @@ def test_agent_imports_nothing_from_the_rest_of_vitopt() -> None:
 
 @pytest.mark.slow
 def test_pip_installs_the_agent_folder_alone(tmp_path: Path) -> None:
-    # From a copy of the folder, as it travels to a Jetson; setuptools also builds in place.
-    folder = shutil.copytree(
-        REPO / "jetson_agent",
-        tmp_path / "jetson_agent",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    # From a copy of the folder, as it travels to a Jetson (setuptools builds in place).
     target = tmp_path / "site"
-    install = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert install.returncode == 0, install.stderr
+    pip_install(REPO / "jetson_agent", target)
     assert (target / "jetson_agent" / "backends" / "onnxruntime_backend.py").exists()
     run = subprocess.run(
         [

@@ -14,7 +14,8 @@ import optuna
 import pytest
 from campaign_helpers import write_campaign
 from optuna.trial import TrialState
-from plugin_helpers import EXAMPLE, env_with, pip_install, vitopt
+from pip_target import pip_install
+from plugin_helpers import EXAMPLE, env_with, vitopt
 
 from optimizer.config import load_campaign
 from optimizer.plugin_manager import build_plugin_manager, collect_techniques

@@ -18,7 +18,8 @@ import torch
 from campaign_helpers import write_campaign
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from plugin_helpers import env_with, pip_install, vitopt, write_plugin_package
+from pip_target import pip_install
+from plugin_helpers import env_with, vitopt, write_plugin_package
 
 from optimizer.cli import main
 from optimizer.config import load_campaign

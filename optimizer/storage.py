@@ -47,7 +47,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 _log = logging.getLogger("vitopt.storage")
 _T = TypeVar("_T")
@@ -64,10 +64,10 @@ def _shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _transient(error: BaseException) -> bool:
+def _transient(error: BaseException, also: tuple[type[BaseException], ...] = ()) -> bool:
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, OperationalError) or (
+        if isinstance(cause, (OperationalError, *also)) or (
             isinstance(cause, DBAPIError) and cause.connection_invalidated
         ):
             return True
@@ -84,7 +84,9 @@ def _reason(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _retry(call: Callable[[], _T], url: str, retry_s: float) -> _T:
+def _retry(
+    call: Callable[[], _T], url: str, retry_s: float, also: tuple[type[BaseException], ...] = ()
+) -> _T:
     deadline = time.monotonic() + retry_s
     delay, tries = _FIRST_DELAY_S, 0
     while True:
@@ -92,7 +94,7 @@ def _retry(call: Callable[[], _T], url: str, retry_s: float) -> _T:
         try:
             result = call()
         except Exception as error:
-            if not _transient(error):
+            if not _transient(error, also):
                 raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -191,8 +193,13 @@ def open_storage(url: str, retry_s: float) -> BaseStorage:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = _engine_kwargs(parsed, retry_s)
     try:
+        # IntegrityError: another process (a dashboard, a status command) created the tables
+        # at the same moment; the next try finds them.
         cached = _retry(
-            lambda: _CachedStorage(RDBStorage(url, engine_kwargs=engine_kwargs)), url, retry_s
+            lambda: _CachedStorage(RDBStorage(url, engine_kwargs=engine_kwargs)),
+            url,
+            retry_s,
+            also=(IntegrityError,),
         )
     except ImportError as exc:
         missing = exc.__cause__ or exc

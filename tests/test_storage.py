@@ -3,6 +3,8 @@ and a real PostgreSQL server stopped and restarted under a live study."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import sqlite3
 import threading
 import time
@@ -177,3 +179,23 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(sqlite_url: str) -> None:
     study.tell(other, state=TrialState.FAIL)
     with pytest.raises(UpdateFinishedTrialError):  # a real double tell is still refused
         storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [2.0])
+
+
+def _open_at_once(url: str, barrier: multiprocessing.synchronize.Barrier) -> None:
+    barrier.wait()
+    open_storage(url, retry_s=10)
+
+
+def test_processes_creating_one_new_study_file_at_once(tmp_path: Path) -> None:
+    # A dashboard or 'vitopt status' opening the file while the driver creates it: whoever
+    # loses the race to create the tables retries and finds them.
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(2):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_at_once, args=(url, barrier)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]

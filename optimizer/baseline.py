@@ -17,10 +17,29 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import Campaign, ModelConfig
-from .training import torch_accuracy, train_epochs
+from .training import train_epochs, validation_metric
 
 
-def build_model(config: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+def campaign_task(campaign: Campaign) -> Any:
+    """The task object (``task.name``) the campaign's plugins register."""
+    from .plugin_manager import build_plugin_manager
+
+    tasks: dict[str, Any] = {}
+    for registered in build_plugin_manager(campaign.plugins.disable).hook.vitopt_register_tasks():
+        tasks.update(registered)
+    if campaign.task.name not in tasks:
+        raise ValueError(f"task {campaign.task.name!r} is not registered by any enabled plugin")
+    return tasks[campaign.task.name]
+
+
+def build_model(
+    config: ModelConfig, num_classes: int, image_size: int, task: Any = None
+) -> nn.Module:
+    """The untrained model: ``task.build_model(config, num_classes, image_size)`` when the task
+    defines its own architecture (segmentation: backbone + decode head), else a timm model with
+    a ``num_classes`` head."""
+    if getattr(task, "build_model", None) is not None:
+        return task.build_model(config, num_classes, image_size)
     kwargs: dict[str, Any] = {"num_classes": num_classes, **config.kwargs}
     kwargs.setdefault("img_size", image_size)
     try:
@@ -46,7 +65,9 @@ def baseline_path(campaign: Campaign) -> Path:
 
 
 def load_model(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.Module:
-    model = build_model(campaign.model, num_classes, campaign.data.image_size)
+    model = build_model(
+        campaign.model, num_classes, campaign.data.image_size, campaign_task(campaign)
+    )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
@@ -59,7 +80,7 @@ def load_teacher(campaign: Campaign, num_classes: int, baseline: nn.Module) -> n
     if teacher.name is None:
         return copy.deepcopy(baseline).eval()
     config = ModelConfig(name=teacher.name, kwargs=teacher.kwargs)
-    model = build_model(config, num_classes, campaign.data.image_size)
+    model = build_model(config, num_classes, campaign.data.image_size, campaign_task(campaign))
     model.load_state_dict(torch.load(teacher.checkpoint, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -78,7 +99,8 @@ def prepare_baseline(
     torch.manual_seed(campaign.search.seed)
     # As many threads as a trial gets: more oversubscribe a shared machine and crawl.
     torch.set_num_threads(campaign.execution.torch_threads)
-    model = build_model(campaign.model, splits.num_classes, campaign.data.image_size)
+    task = campaign_task(campaign)
+    model = build_model(campaign.model, splits.num_classes, campaign.data.image_size, task)
     train = campaign.model.train
     loader = DataLoader(
         splits.train,
@@ -86,11 +108,10 @@ def prepare_baseline(
         shuffle=True,
         generator=torch.Generator().manual_seed(campaign.search.seed),
     )
-    criterion = nn.CrossEntropyLoss()
     train_epochs(
         model,
         loader,
-        lambda logits, _inputs, labels: criterion(logits, labels),
+        lambda logits, _inputs, labels: task.loss(logits, labels),
         epochs=train.epochs,
         lr=train.lr,
         weight_decay=train.weight_decay,
@@ -100,6 +121,6 @@ def prepare_baseline(
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    accuracy = torch_accuracy(model, DataLoader(splits.val, batch_size=256))
+    accuracy = validation_metric(task, model, DataLoader(splits.val, batch_size=256))
     path.with_suffix(".json").write_text(json.dumps({"val_accuracy": accuracy}))
     return path, True

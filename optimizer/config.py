@@ -54,11 +54,17 @@ class TeacherConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    name: Literal["classification"] = "classification"
+    """``classification`` (top-1) or ``segmentation`` (mIoU: ``objective.max_accuracy_drop`` is
+    then the largest mIoU drop allowed)."""
+
+    name: Literal["classification", "segmentation"] = "classification"
 
 
 class DataConfig(_Strict):
-    source: str = Field("digits", description="a registered data source: digits, imagefolder")
+    source: str = Field(
+        "digits",
+        description="a registered data source: digits, imagefolder, uav_synthetic, uav_folder",
+    )
     path: Path | None = None
     image_size: int = Field(32, ge=8, le=1024)
     batch_size: int = Field(64, ge=1)
@@ -71,6 +77,8 @@ class DataConfig(_Strict):
     def _path_for_folders(self) -> DataConfig:
         if self.source == "imagefolder" and self.path is None:
             raise ValueError("source imagefolder needs a path (a folder with train/ and val/)")
+        if self.source == "uav_folder" and self.path is None:
+            raise ValueError("source uav_folder needs a path (a folder with IMG/ and GT/)")
         return self
 
 

@@ -29,6 +29,7 @@ from .technique import STAGES, ParamSpec, Technique
 
 BUILTIN_PLUGINS = (
     "plugins.classification",
+    "plugins.segmentation",
     "plugins.pruning",
     "plugins.distillation",
     "plugins.quantization",

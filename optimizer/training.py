@@ -27,7 +27,9 @@ def train_epochs(
     its teacher). Returns the mean training loss per epoch; ``on_epoch(epoch, mean_loss)`` runs
     after each epoch (validation and pruning decisions live there)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = max(1, epochs * len(loader))  # type: ignore[arg-type]
+    # OneCycleLR divides by its warm-up length (0.2 * total - 1): under 6 steps that is zero
+    # and it raises, so a tiny loader gets a schedule 6 steps long (never fully stepped).
+    steps = max(6, epochs * len(loader))  # type: ignore[arg-type]
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=steps, pct_start=0.2
     )
@@ -49,6 +51,15 @@ def train_epochs(
             on_epoch(epoch, losses[-1])
     model.eval()
     return losses
+
+
+def validation_metric(
+    task: object, model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """The task's validation metric of a torch model: ``task.torch_metric(model, loader)`` when
+    the task defines one (segmentation: mIoU), else top-1 (:func:`torch_accuracy`)."""
+    metric = getattr(task, "torch_metric", None)
+    return float(metric(model, loader)) if metric is not None else torch_accuracy(model, loader)
 
 
 @torch.no_grad()

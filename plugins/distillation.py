@@ -12,7 +12,7 @@ from torch import nn
 
 from optimizer.hookspecs import hookimpl
 from optimizer.technique import ParamSpec, StageContext
-from optimizer.training import torch_accuracy, train_epochs
+from optimizer.training import train_epochs, validation_metric
 
 _ENABLED = {"distill.enabled": [True]}
 
@@ -23,9 +23,22 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    ignore_index: int = 255,
 ) -> torch.Tensor:
     """Hinton et al.: alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE(labels).
-    The T² keeps the soft term's gradient scale independent of the temperature."""
+    The T² keeps the soft term's gradient scale independent of the temperature.
+
+    Dense logits ``(N, C, H, W)`` with ``(N, H, W)`` labels (segmentation) are distilled pixel
+    by pixel: flattened to ``(N·H·W, C)``, pixels labelled ``ignore_index`` dropped, the KL
+    averaged over the remaining pixels."""
+    if student_logits.dim() == 4:
+        keep = labels.reshape(-1) != ignore_index
+        channels = student_logits.shape[1]
+        student_logits = student_logits.permute(0, 2, 3, 1).reshape(-1, channels)[keep]
+        teacher_logits = teacher_logits.permute(0, 2, 3, 1).reshape(-1, channels)[keep]
+        labels = labels.reshape(-1)[keep]
+        if labels.numel() == 0:  # every pixel ignored: nothing to learn from
+            return student_logits.sum() * 0.0
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.log_softmax(teacher_logits / temperature, dim=1),
@@ -78,7 +91,7 @@ class KnowledgeDistillation:
             return kd_loss(logits, teacher_logits, labels, temperature, alpha)
 
         def report(epoch: int, _loss: float) -> None:
-            ctx.report(epoch, torch_accuracy(model, ctx.val_loader))
+            ctx.report(epoch, validation_metric(ctx.task, model, ctx.val_loader))
 
         train_epochs(
             model,

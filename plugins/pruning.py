@@ -169,6 +169,21 @@ def prune_vit(
                 f"its width (hidden sizes too small for round_to={round_to})"
             )
 
+    # A decode head (segmentation) exposing ``prunable_convs`` loses the same fraction of its
+    # channels, aligned like the MLPs, whatever the method; its classifier conv is not listed
+    # and so stays ignored with every other layer.
+    for decoder in [m for m in model.modules() if _declares_prunable_convs(m)]:
+        for conv in decoder.prunable_convs:
+            width = _out_width(conv)
+            kept = kept_mlp_width(width, ratio, round_to)
+            if kept >= width:
+                continue
+            width_ratio[conv] = 1.0 - (kept + 0.5) / width
+            expected[conv] = kept
+            roots.append(conv)
+        if decoder not in pruned_blocks:
+            pruned_blocks.append(decoder)
+
     root_ids = {id(m) for m in roots}
     ignored = [
         m
@@ -259,8 +274,16 @@ def prune_vit(
 
 
 def _block_size(block: nn.Module) -> int:
-    """Heads of a timm Attention, hidden width of a timm Mlp."""
+    """Heads of a timm Attention, hidden width of a timm Mlp, output channels of a conv."""
+    if isinstance(block, nn.modules.conv._ConvNd):
+        return _out_width(block)
     return int(block.num_heads) if hasattr(block, "num_heads") else _out_width(block.fc1)
+
+
+def _declares_prunable_convs(module: nn.Module) -> bool:
+    """A decode head that lists the convs a pruner may narrow (see plugins.segmentation)."""
+    convs = getattr(type(module), "prunable_convs", None)
+    return convs is not None
 
 
 def _out_width(layer: nn.Module) -> int:
@@ -292,7 +315,9 @@ def _accumulate_gradients(
             out = model(x)
             if isinstance(out, (tuple, list)):  # e.g. a distilled DeiT's (cls, dist) pair
                 out = out[0]
-            F.cross_entropy(out, y).backward()
+            # Dense (segmentation) logits: per-pixel loss, 255 marks ignored pixels.
+            ignore = 255 if out.dim() == 4 else -100
+            F.cross_entropy(out, y, ignore_index=ignore).backward()
             seen += 1
     if seen == 0:
         raise ValueError(

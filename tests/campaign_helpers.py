@@ -13,6 +13,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.storage import open_storage
+
 # Small enough for CI's 2 cores: 16 px digits, a 2-block ViT with 4 heads.
 TINY = {
     "name": "tiny",
@@ -66,9 +68,10 @@ def load(folder: Path) -> optuna.Study | None:
     if not (folder / "runs" / "tiny" / "study.db").exists():
         return None
     try:
-        return optuna.load_study(
-            study_name="tiny", storage=f"sqlite:///{folder}/runs/tiny/study.db"
-        )
+        # Through vitopt's storage: polling while the driver creates the tables is a race that
+        # the plain RDBStorage can lose with an IntegrityError.
+        url = f"sqlite:///{folder}/runs/tiny/study.db"
+        return optuna.load_study(study_name="tiny", storage=open_storage(url, retry_s=30))
     except KeyError:
         return None
 

@@ -18,6 +18,7 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from optimizer.cli import main
+from optimizer.storage import open_storage
 
 
 @pytest.fixture()
@@ -116,7 +117,7 @@ def test_interrupted_campaign_resumes_to_the_target(
         if not (in_tmp / "runs" / "tiny" / "study.db").exists():
             continue
         try:
-            study = optuna.load_study(study_name="tiny", storage=storage)
+            study = optuna.load_study(study_name="tiny", storage=open_storage(storage, 30))
         except KeyError:
             continue
         finished = len([t for t in study.trials if t.state.is_finished()])

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from postgres_server import PostgresServer, free_port, postgres_fixture
 
 from optimizer.cli import main
+from optimizer.storage import open_storage
 
 postgres = postgres_fixture()
 
@@ -98,7 +99,8 @@ def test_database_restart_mid_campaign_loses_nothing(
             assert run.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the campaign never got going"
             try:
-                trials = optuna.load_study(study_name="tiny", storage=postgres.url).trials
+                study = optuna.load_study(study_name="tiny", storage=open_storage(postgres.url, 30))
+                trials = study.trials
             except KeyError:
                 trials = []
             if any(t.state.is_finished() for t in trials):

@@ -206,6 +206,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         },
         "wall_s": wall_s,
         "max_accuracy_drop": campaign.objective.max_accuracy_drop,
+        "accuracy_metric": (base.user_attrs.get("accuracy_metric") if base else None) or "top-1",
         "baseline": None,
         "best": None,
     }

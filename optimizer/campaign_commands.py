@@ -82,9 +82,15 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def metric_label(attrs: dict[str, Any]) -> str:
+    """What a trial's ``accuracy`` is: top-1 unless its task named it (segmentation: mIoU)."""
+    return attrs.get("accuracy_metric") or "top-1"
+
+
 def trials_table(title: str, trials: list[FrozenTrial]) -> Table:
     table = Table(title=title)
-    for column in ("trial", "p50 ms", "speedup", "top-1 %", "drop pt", "feasible", "params"):
+    label = metric_label(trials[0].user_attrs) if trials else "top-1"
+    for column in ("trial", "p50 ms", "speedup", f"{label} %", "drop pt", "feasible", "params"):
         table.add_column(column, justify="left" if column == "params" else "right")
     for trial in trials:
         table.add_row(*_fmt_trial(trial))
@@ -99,13 +105,15 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     if base:
         console.print(
-            f"baseline: top-1 {base['accuracy'] * 100:.2f}%, p50 {base['latency_ms']:.3f} ms "
+            f"baseline: {summary['accuracy_metric']} {base['accuracy'] * 100:.2f}%, "
+            f"p50 {base['latency_ms']:.3f} ms "
             f"on {base['device']} ({base['backend']})"
         )
     if best:
         console.print(
             f"[green]best feasible: trial {best['trial']}[/]: p50 {best['latency_ms']:.3f} ms, "
-            f"{best['speedup']:.2f}× faster, top-1 {best['accuracy'] * 100:.2f}% "
+            f"{best['speedup']:.2f}× faster, {summary['accuracy_metric']} "
+            f"{best['accuracy'] * 100:.2f}% "
             f"(drop {best['accuracy_drop'] * 100:+.2f} pt, budget "
             f"{summary['max_accuracy_drop'] * 100:.2f} pt)"
         )
@@ -313,7 +321,7 @@ def baseline(campaign_file: Path, agent_urls: tuple[str, ...]) -> None:
         raise click.ClickException(f"baseline failed: {outcome.attrs.get('fail_reason')}")
     attrs = outcome.attrs
     console.print(
-        f"baseline {campaign.model.name}: top-1 {attrs['accuracy'] * 100:.2f}%, "
+        f"baseline {campaign.model.name}: {metric_label(attrs)} {attrs['accuracy'] * 100:.2f}%, "
         f"p50 {attrs['latency_p50_ms']:.3f} ms (p90 {attrs['latency_p90_ms']:.3f}, CV "
         f"{attrs['latency_cv'] * 100:.1f}%) on {attrs['device']} ({attrs['backend_version']}), "
         f"{attrs['params_count']:,} parameters, {attrs['macs']:,} MACs"
@@ -363,7 +371,8 @@ def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ..
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(_markdown(report))
     console.print(
-        f"trial {trial.number} rebuilt in {out}: top-1 {outcome.attrs['accuracy'] * 100:.2f}% "
+        f"trial {trial.number} rebuilt in {out}: {metric_label(outcome.attrs)} "
+        f"{outcome.attrs['accuracy'] * 100:.2f}% "
         f"(recorded {trial.user_attrs.get('accuracy', float('nan')) * 100:.2f}%), "
         f"p50 {outcome.attrs['latency_p50_ms']:.3f} ms"
     )
@@ -393,7 +402,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"# {report['campaign']}: trial {report['trial']}\n\n"
         f"| parameter | value |\n|---|---|\n{rows}\n\n"
         f"| | recorded | rebuilt |\n|---|---|---|\n"
-        f"| top-1 | {rec['accuracy']} | {new['accuracy']} |\n"
+        f"| {metric_label(report['attrs'])} | {rec['accuracy']} | {new['accuracy']} |\n"
         f"| p50 latency (ms) | {rec['latency_ms']} | {new['latency_p50_ms']} |\n"
         f"| speedup | {rec['speedup']} | {new['speedup']} |\n"
     )

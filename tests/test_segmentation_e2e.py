@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_a_segmentation_campaign_through_ray_and_the_agent(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert sum(summary["trials"][k] for k in ("complete", "pruned", "failed")) == 4
+    assert summary["accuracy_metric"] == "mIoU"
 
     study = optuna.load_study(
         study_name="tiny_seg", storage=f"sqlite:///{tmp_path}/runs/tiny_seg/study.db"
@@ -72,3 +74,14 @@ def test_a_segmentation_campaign_through_ray_and_the_agent(tmp_path: Path) -> No
     for trial in feasible_faster:
         assert trial.user_attrs["accuracy"] == trial.user_attrs["miou"]
         assert trial.user_attrs["params_count"] < baseline.user_attrs["params_count"]
+
+    status = subprocess.run(
+        [sys.executable, "-m", "optimizer", "status", str(campaign)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "mIoU %" in status.stdout and "top-1" not in status.stdout

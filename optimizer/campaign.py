@@ -43,6 +43,7 @@ from .study import (
     baseline_trial,
     best_feasible,
     counted_trials,
+    metric_label,
     open_study,
     record,
 )
@@ -206,7 +207,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         },
         "wall_s": wall_s,
         "max_accuracy_drop": campaign.objective.max_accuracy_drop,
-        "accuracy_metric": (base.user_attrs.get("accuracy_metric") if base else None) or "top-1",
+        "accuracy_metric": metric_label(base.user_attrs if base else {}),
         "baseline": None,
         "best": None,
     }

@@ -35,6 +35,7 @@ from .study import (
     best_feasible,
     counted_trials,
     load_existing_study,
+    metric_label,
 )
 
 USER_ERRORS = (
@@ -80,11 +81,6 @@ def _fmt_trial(trial: FrozenTrial) -> list[str]:
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def metric_label(attrs: dict[str, Any]) -> str:
-    """What a trial's ``accuracy`` is: top-1 unless its task named it (segmentation: mIoU)."""
-    return attrs.get("accuracy_metric") or "top-1"
 
 
 def trials_table(title: str, trials: list[FrozenTrial]) -> Table:

@@ -162,6 +162,7 @@ def _plotly_figures(data: dict[str, Any]) -> dict[str, Any]:
     import plotly.graph_objects as go
 
     metric = data["metric"]
+    score = data["accuracy_metric"]
     rows = data["complete_trials"]
     base = next(r for r in rows if r["trial"] == data["baseline"]["trial"])
     others = [r for r in rows if not r["baseline"]]
@@ -190,7 +191,7 @@ def _plotly_figures(data: dict[str, Any]) -> dict[str, Any]:
         fillcolor=_FEASIBLE,
         opacity=0.08,
         line_width=0,
-        annotation_text=f"feasible: top-1 ≥ {threshold:.2f}%",
+        annotation_text=f"feasible: {score} ≥ {threshold:.2f}%",
         annotation_position="top left",
     )
     scatter.add_hline(y=threshold, line_dash="dot", line_color=_FEASIBLE)
@@ -201,9 +202,9 @@ def _plotly_figures(data: dict[str, Any]) -> dict[str, Any]:
     )
     scatter.add_trace(points_of([base], "baseline", _BASELINE, symbol="star", size=18))
     scatter.update_layout(
-        title=f"{metric} latency vs top-1 (complete trials)",
+        title=f"{metric} latency vs {score} (complete trials)",
         xaxis_title=f"{metric} latency (ms)",
-        yaxis_title="top-1 (%)",
+        yaxis_title=f"{score} (%)",
         yaxis_range=[min([*accuracies, threshold]) - 3, top],
     )
     figures["scatter"] = scatter
@@ -230,9 +231,9 @@ def _plotly_figures(data: dict[str, Any]) -> dict[str, Any]:
         )
     )
     pareto.update_layout(
-        title="Pareto front: latency (lower) vs top-1 (higher)",
+        title=f"Pareto front: latency (lower) vs {score} (higher)",
         xaxis_title=f"{metric} latency (ms)",
-        yaxis_title="top-1 (%)",
+        yaxis_title=f"{score} (%)",
     )
     figures["pareto"] = pareto
 
@@ -295,6 +296,7 @@ def _write_pngs(data: dict[str, Any], out: Path) -> dict[str, str]:
     from matplotlib.ticker import MaxNLocator
 
     metric = data["metric"]
+    score = data["accuracy_metric"]
     rows = data["complete_trials"]
     base = next(r for r in rows if r["trial"] == data["baseline"]["trial"])
     others = [r for r in rows if not r["baseline"]]
@@ -351,8 +353,8 @@ def _write_pngs(data: dict[str, Any], out: Path) -> dict[str, str]:
     )
     ax.set_ylim(min([*accuracies, threshold]) - 3, top)
     ax.set_xlabel(f"{metric} latency (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{data['campaign']}: {metric} latency vs top-1 (complete trials)")
+    ax.set_ylabel(f"{score} (%)")
+    ax.set_title(f"{data['campaign']}: {metric} latency vs {score} (complete trials)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     save(fig, "scatter")
@@ -379,8 +381,8 @@ def _write_pngs(data: dict[str, Any], out: Path) -> dict[str, str]:
     )
     label(ax, rows)
     ax.set_xlabel(f"{metric} latency (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{data['campaign']}: Pareto front, latency (lower) vs top-1 (higher)")
+    ax.set_ylabel(f"{score} (%)")
+    ax.set_title(f"{data['campaign']}: Pareto front, latency (lower) vs {score} (higher)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     save(fig, "pareto")
@@ -430,16 +432,17 @@ def _write_pngs(data: dict[str, Any], out: Path) -> dict[str, str]:
 
 def _summary_html(data: dict[str, Any]) -> str:
     metric = data["metric"]
+    score = data["accuracy_metric"]
     device = data["device"] or {}
     base, best, counts = data["baseline"], data["best"], data["trials"]
     items = [
         ("device", device.get("name") or "-"),
         ("backend", device.get("backend_version") or device.get("backend") or "-"),
         ("objective", ", ".join(data["objectives"]) + f" ({data['mode']} mode)"),
-        ("budget", f"top-1 at most {data['max_accuracy_drop'] * 100:.2f} pt below the baseline"),
+        ("budget", f"{score} at most {data['max_accuracy_drop'] * 100:.2f} pt below the baseline"),
         (
             "baseline",
-            f"trial {base['trial']}: top-1 {pct(base['accuracy'])}, {metric} "
+            f"trial {base['trial']}: {score} {pct(base['accuracy'])}, {metric} "
             f"{ms(base['latency_ms'])}",
         ),
     ]
@@ -451,7 +454,7 @@ def _summary_html(data: dict[str, Any]) -> str:
             (
                 "best feasible",
                 f"trial {best['trial']}: {metric} {ms(best['latency_ms'])} "
-                f"({speedup(best['speedup'])}), top-1 {pct(best['accuracy'])} "
+                f"({speedup(best['speedup'])}), {score} {pct(best['accuracy'])} "
                 f"(drop {points(best['accuracy_drop'])}); {params}",
             )
         )
@@ -469,10 +472,9 @@ def _summary_html(data: dict[str, Any]) -> str:
 
 def _trials_html(data: dict[str, Any]) -> str:
     front = set(data["pareto_front"])
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("trial", "p ms", "speedup", "top-1", "drop", "feasible", "Pareto", "params")
-    ).replace("p ms", f"{data['metric']} ms")
+    latency = f"{data['metric']} ms"
+    columns = ("trial", latency, "speedup", data["accuracy_metric"], "drop", "feasible", "Pareto")
+    head = "".join(f"<th>{h}</th>" for h in (*columns, "params"))
     rows = []
     for r in sorted(data["complete_trials"], key=lambda r: r["trial"]):
         params = ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items())) or "(baseline)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -140,6 +141,11 @@ def record(
         return study.tell(trial, values)
     state = TrialState.PRUNED if outcome.state == "PRUNED" else TrialState.FAIL
     return study.tell(trial, state=state)
+
+
+def metric_label(attrs: Mapping[str, Any]) -> str:
+    """What a trial's ``accuracy`` is: top-1 unless its task named it (segmentation: mIoU)."""
+    return attrs.get("accuracy_metric") or "top-1"
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -25,6 +25,7 @@ from .study import (
     baseline_trial,
     best_feasible,
     counted_trials,
+    metric_label,
 )
 
 _log = logging.getLogger("vitopt.study_note")
@@ -82,6 +83,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
         "mode": objective.mode,
         "metric": objective.metric,
         "objectives": objective_names(campaign),
+        "accuracy_metric": metric_label(base.user_attrs if base is not None else {}),
         "max_accuracy_drop": objective.max_accuracy_drop,
         "max_memory_mb": objective.max_memory_mb,
         "trials": {
@@ -175,7 +177,8 @@ def render_note(summary: dict[str, Any]) -> str:
         else f"Pareto front of {metric} latency (min) and top-1 (max)"
     )
     lines.append(f"- **Objective**: {objective}")
-    budget = f"top-1 at most {summary['max_accuracy_drop'] * 100:.2f} pt below the baseline's"
+    score = summary["accuracy_metric"]
+    budget = f"{score} at most {summary['max_accuracy_drop'] * 100:.2f} pt below the baseline's"
     if summary["max_memory_mb"] is not None:
         budget += f"; peak memory at most {summary['max_memory_mb']:g} MB"
     lines.append(f"- **Budget**: {budget}")
@@ -187,7 +190,7 @@ def render_note(summary: dict[str, Any]) -> str:
     else:
         lines.append(f"### Baseline: trial {base['trial']}")
         lines.append("")
-        lines.append(f"top-1 **{pct(base['accuracy'])}**, {metric} **{ms(base['latency_ms'])}**")
+        lines.append(f"{score} **{pct(base['accuracy'])}**, {metric} **{ms(base['latency_ms'])}**")
     lines.append("")
 
     best = summary["best"]
@@ -198,7 +201,7 @@ def render_note(summary: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"{metric} **{ms(best['latency_ms'])}** (**{speedup(best['speedup'])}** the "
-            f"baseline's speed), top-1 **{pct(best['accuracy'])}** (drop "
+            f"baseline's speed), {score} **{pct(best['accuracy'])}** (drop "
             f"{points(best['accuracy_drop'])})"
         )
         lines.append("")

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from . import __version__
+from . import __version__, quiet
 from .agent import Agent
 from .backends import BUILTIN_NAMES, resolve_backend
 from .cache import DiskCache
@@ -55,6 +55,12 @@ def _parser():
     serve.add_argument(
         "--job-memory-mb", type=int, help="address-space cap for each job process (RLIMIT_AS)"
     )
+    serve.add_argument(
+        "--quiet-lock",
+        metavar="DIR",
+        help="a folder on this host: each job holds its lock while it times, and co-located "
+        "work that takes it per step (a campaign's trials on this host) pauses meanwhile",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     return parser
 
@@ -86,7 +92,15 @@ def serve(args):
         backend_name, target = resolve_backend(args.backend)
         cache = DiskCache(args.cache_dir, args.cache_max_mb * 1024 * 1024)
         jobs = JobProcess(target, args.build_timeout, args.run_timeout, args.job_memory_mb)
-        agent = Agent(backend_name, target, cache, jobs, device_type=args.device_type)
+        quiet_lock = quiet.prepare_folder(args.quiet_lock) if args.quiet_lock else None
+        agent = Agent(
+            backend_name,
+            target,
+            cache,
+            jobs,
+            device_type=args.device_type,
+            quiet_lock=quiet_lock,
+        )
         server = AgentHTTPServer(
             (args.host, args.port), agent, token, args.max_upload_mb * 1024 * 1024
         )

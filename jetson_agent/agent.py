@@ -15,6 +15,9 @@ import uuid
 from . import API_VERSION, __version__, errors, telemetry
 from .backends import load_backend_class
 from .cache import engine_key, result_key
+from .model_check import read_inputs
+
+_KEEP_SIGNATURES = 256
 
 
 class Job(object):
@@ -54,7 +57,14 @@ class Job(object):
 
 class Agent(object):
     def __init__(
-        self, backend_name, backend_target, cache, job_process, keep_jobs=1000, device_type=None
+        self,
+        backend_name,
+        backend_target,
+        cache,
+        job_process,
+        keep_jobs=1000,
+        device_type=None,
+        quiet_lock=None,
     ):
         self.backend_name = backend_name
         self.backend = load_backend_class(backend_target)()
@@ -68,6 +78,8 @@ class Agent(object):
         # to tell a Nano in MAXN from one in 5 W mode.
         self.device_type = device_type or self.device
         self._keep_jobs = keep_jobs
+        self.quiet_lock = quiet_lock  # folder of the host-local measurement lock (quiet.py)
+        self._inputs = collections.OrderedDict()  # sha -> ModelInputs (or None), LRU
         self._jobs = collections.OrderedDict()
         self._pending = []  # ids in FIFO order, for queue positions
         self._queue = queue.Queue()
@@ -114,6 +126,39 @@ class Agent(object):
         return job, position
 
     # -- submission ------------------------------------------------------------------------
+    def reference_problem(self, model_sha, spec):
+        """Why a paired job cannot run, as ``(code, message)``, or None: its reference must be
+        a model the agent holds, fed the same inputs as the candidate."""
+        reference = spec.reference["model_sha256"]
+        if not self.cache.has_model(reference):
+            return (
+                "unknown_reference",
+                "no reference model with sha256 %s: upload it (POST /v1/models)" % reference,
+            )
+        ours, theirs = self._model_inputs(model_sha), self._model_inputs(reference)
+        if ours is None or theirs is None:  # unreadable here: the job reports the model itself
+            return None
+        candidate, other = ours.signature(spec), theirs.signature(spec.for_reference())
+        if candidate != other:
+            return (
+                "reference_mismatch",
+                "the reference is fed %s but the candidate %s (shape, ONNX element type): "
+                "time a candidate against a reference of the same inputs" % (other, candidate),
+            )
+        return None
+
+    def _model_inputs(self, sha):
+        with self._lock:
+            if sha in self._inputs:
+                self._inputs.move_to_end(sha)
+                return self._inputs[sha]
+        inputs = read_inputs(self.cache.model_path(sha))
+        with self._lock:
+            self._inputs[sha] = inputs
+            while len(self._inputs) > _KEEP_SIGNATURES:
+                self._inputs.popitem(last=False)
+        return inputs
+
     def submit(self, model_sha, spec):
         job = Job(model_sha, spec)
         immediate = self._immediate_result(model_sha, spec)
@@ -173,14 +218,29 @@ class Agent(object):
                 self._running = None
                 self._finished += 1
 
+    def _files(self, sha, spec):
+        """The model's path and its engine's, for a spec."""
+        engine = engine_key(sha, spec, self.backend_version, self.device)
+        return self.cache.model_path(sha), self.cache.engine_path(engine)
+
+    def _queued_models(self):
+        """Models that jobs not yet done will read (theirs and their references)."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if job.state != "done"]
+        shas = set(job.model_sha for job in jobs)
+        shas.update(job.spec.reference["model_sha256"] for job in jobs if job.spec.paired)
+        return [self.cache.model_path(sha) for sha in shas]
+
     def _measure(self, job):
         spec = job.spec
-        model_path = self.cache.model_path(job.model_sha)
-        engine_path = self.cache.engine_path(
-            engine_key(job.model_sha, spec, self.backend_version, self.device)
-        )
-        self.cache.evict(protect=(model_path, engine_path))
-        result = self.job_process.run(model_path, engine_path, spec.to_dict())
+        paths = {}
+        paths["model_path"], paths["engine_path"] = self._files(job.model_sha, spec)
+        if spec.paired:
+            paths["reference_model_path"], paths["reference_engine_path"] = self._files(
+                spec.reference["model_sha256"], spec.for_reference()
+            )
+        self.cache.evict(protect=list(paths.values()) + self._queued_models())
+        result = self.job_process.run(paths, spec.to_dict(), self.quiet_lock)
         result["device"] = self.device
         result["device_type"] = self.device_type
         result["model_sha256"] = job.model_sha

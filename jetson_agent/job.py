@@ -20,6 +20,8 @@ import traceback
 from . import errors, telemetry
 from .backends import load_backend_class
 from .model_check import inspect_model
+from .paired import CALIBRATION_ITERATIONS, block_iterations, time_paired
+from .quiet import DeviceLock
 from .spec import MeasureSpec
 from .stats import summarize
 
@@ -48,8 +50,9 @@ def _limit_memory(limit_mb):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _attempt(session, spec, monitor):
-    """One measurement attempt: ``spec.repeats`` timed runs, with power sampled around them."""
+def _attempt(session, spec, monitor, iterations):
+    """One measurement attempt: ``spec.repeats`` timed runs of ``iterations`` (or of
+    ``spec.duration_s``), with power sampled around them."""
     before = telemetry.snapshot()
     idle_mw = monitor.idle_power_mw(1.0) if monitor else None
     if monitor:
@@ -57,7 +60,7 @@ def _attempt(session, spec, monitor):
     runs = []
     window_start = time.monotonic()
     for _ in range(spec.repeats):
-        runs.append(session.time(spec.warmup, spec.iterations, spec.duration_s))
+        runs.append(session.time(spec.warmup, iterations, spec.duration_s))
     window_end = time.monotonic()
     power = None
     if monitor:
@@ -85,43 +88,111 @@ def _remeasure_reason(attempt, spec):
     return None
 
 
+def _timed_runs(session, spec, monitor):
+    """Unpaired: ``repeats`` runs, re-measured once when unsteady (the steadier attempt is
+    reported, the other kept). Returns (attempt, extra result fields)."""
+    iterations = spec.iterations
+    if spec.min_repeat_ms and iterations is not None:  # each repeat lasts min_repeat_ms at least
+        iterations = block_iterations(session.time(spec.warmup, CALIBRATION_ITERATIONS, None), spec)
+    first = _attempt(session, spec, monitor, iterations)
+    reason = _remeasure_reason(first, spec)
+    final, earlier = first, None
+    if reason:
+        second = _attempt(session, spec, monitor, iterations)
+        # Report the steadier attempt and keep the other, so nothing measured is hidden.
+        if second["latency_ms"]["cv"] <= first["latency_ms"]["cv"]:
+            final, earlier = second, first
+        else:
+            final, earlier = first, second
+    extra = {
+        "remeasured": reason is not None,
+        "remeasure_reason": reason,
+        "other_attempt": earlier,
+        "stable": final["latency_ms"]["cv"] <= spec.cv_threshold,
+    }
+    return final, extra
+
+
+def _paired_runs(session, reference, spec, monitor):
+    """Paired: candidate and reference in alternating blocks (``paired.py``); energy, where the
+    board reports power, from one unpaired attempt of the candidate afterwards (blocks are
+    shorter than the power sampling interval)."""
+    before = telemetry.snapshot()
+    blocks, paired = time_paired(session, reference, spec)
+    samples = [x for block in blocks for x in block]
+    power = (
+        _attempt(session, spec, monitor, paired["block_iterations"]["candidate"])["power"]
+        if monitor
+        else None
+    )
+    final = {
+        "latency_ms": summarize(samples),
+        "repeats": [summarize(block) for block in blocks],
+        "samples_ms": blocks,
+        "power": power,
+        "telemetry": {"before": before, "after": telemetry.snapshot()},
+    }
+    extra = {
+        "paired": paired,
+        "remeasured": False,
+        "remeasure_reason": None,
+        "other_attempt": None,
+        "stable": paired["target_met"],
+    }
+    return final, extra
+
+
+def _run_phase(session, reference, spec):
+    monitor = telemetry.PowerMonitor.detect()
+    if reference is not None:
+        return _paired_runs(session, reference, spec, monitor)
+    return _timed_runs(session, spec, monitor)
+
+
 def measure(request, phases):
     spec = MeasureSpec.from_dict(request["spec"])
     phases.enter("validate")
     model = inspect_model(request["model_path"])
+    reference_model = None
+    if spec.paired:
+        reference_model = inspect_model(request["reference_model_path"])
     backend = load_backend_class(request["backend_target"])()
     phases.enter("build")
     session, build = backend.prepare(request["model_path"], model, spec, request["engine_path"])
+    sessions = [session]
     try:
+        reference = None
+        if spec.paired:
+            reference, reference_build = backend.prepare(
+                request["reference_model_path"],
+                reference_model,
+                spec.for_reference(),
+                request["reference_engine_path"],
+            )
+            sessions.append(reference)
         phases.enter("run")
-        monitor = telemetry.PowerMonitor.detect()
-        first = _attempt(session, spec, monitor)
-        reason = _remeasure_reason(first, spec)
-        final, earlier = first, None
-        if reason:
-            second = _attempt(session, spec, monitor)
-            # Report the steadier attempt and keep the other, so nothing measured is hidden.
-            if second["latency_ms"]["cv"] <= first["latency_ms"]["cv"]:
-                final, earlier = second, first
-            else:
-                final, earlier = first, second
+        if request.get("quiet_lock"):
+            lock = DeviceLock(request["quiet_lock"])
+            with lock.measuring() as waited_s:
+                final, extra = _run_phase(session, reference, spec)
+            lock.close()
+        else:
+            waited_s = None
+            final, extra = _run_phase(session, reference, spec)
+        if reference is not None:
+            extra["paired"]["reference"]["build"] = _build_info(reference_build)
     finally:
-        session.close()
+        for each in sessions:
+            each.close()
     phases.enter("done")
     result = dict(final)
+    result.update(extra)
     result.update(
         {
             "status": errors.OK,
             "message": "",
-            "remeasured": reason is not None,
-            "remeasure_reason": reason,
-            "other_attempt": earlier,
-            "stable": final["latency_ms"]["cv"] <= spec.cv_threshold,
-            "build": {
-                "time_s": build.build_time_s,
-                "engine_cache_hit": build.engine_cache_hit,
-                "command": build.command,
-            },
+            "quiet_lock_wait_s": waited_s,
+            "build": _build_info(build),
             "peak_memory_mb": _peak_memory_mb(),
             "backend": {"name": backend.name, "version": backend.version()},
             "model": {
@@ -131,6 +202,14 @@ def measure(request, phases):
         }
     )
     return result
+
+
+def _build_info(build):
+    return {
+        "time_s": build.build_time_s,
+        "engine_cache_hit": build.engine_cache_hit,
+        "command": build.command,
+    }
 
 
 def main(argv=None):

@@ -43,6 +43,33 @@ def inspect_model(path):
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ValueError...
         raise InvalidModel("not a valid ONNX model: %s" % _first_line(exc)) from exc
+    inputs = _inputs(model)
+    if not inputs:
+        raise InvalidModel("the model has no inputs to feed")
+    opset = None
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            opset = entry.version
+    op_types = frozenset(node.op_type for node in model.graph.node)
+    return ModelInputs(inputs, opset, op_types)
+
+
+def read_inputs(path):
+    """The model's inputs alone, parsed without the checker (the agent compares a paired job's
+    two models before queueing it); None without the ``onnx`` package or when the file does not
+    parse, which the job itself then reports."""
+    if not _has_onnx():
+        return None
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:
+        return None
+    return ModelInputs(_inputs(model))
+
+
+def _inputs(model):
     initializers = set(init.name for init in model.graph.initializer)
     inputs = []
     for value in model.graph.input:
@@ -53,14 +80,7 @@ def inspect_model(path):
         for dim in tensor.shape.dim:
             dims.append(dim.dim_value if dim.HasField("dim_value") else None)
         inputs.append((value.name, dims, tensor.elem_type))
-    if not inputs:
-        raise InvalidModel("the model has no inputs to feed")
-    opset = None
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            opset = entry.version
-    op_types = frozenset(node.op_type for node in model.graph.node)
-    return ModelInputs(inputs, opset, op_types)
+    return inputs
 
 
 def _first_line(exc):

@@ -140,7 +140,12 @@ class AgentHandler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self):
-        self._dispatch([(r"^/v1/jobs$", self._submit, False)])
+        self._dispatch(
+            [
+                (r"^/v1/jobs$", self._submit, False),
+                (r"^/v1/models$", self._upload_model, False),
+            ]
+        )
 
     def do_HEAD(self):
         self._dispatch([(r"^/v1/models/([^/]*)$", self._has_model, False)])
@@ -160,6 +165,14 @@ class AgentHandler(BaseHTTPRequestHandler):
         if not self.server.agent.cache.has_model(sha):
             raise HttpError(404, "unknown_model", "no model with that sha256")
         self._send(200)
+
+    def _upload_model(self):
+        """Store a model without measuring it (a paired job's reference)."""
+        body = self._read_body()
+        if not body:
+            raise HttpError(400, "bad_request", "the body must be the model's bytes")
+        sha = self.server.agent.cache.put_model(body)
+        self._send(201, {"model_sha256": sha}, {"Location": "/v1/models/" + sha})
 
     def _job(self, job_id):
         if not _JOB_ID.match(job_id):
@@ -208,6 +221,11 @@ class AgentHandler(BaseHTTPRequestHandler):
                 "unsupported_media_type",
                 "send multipart/form-data (spec + model) or application/json (spec + model_sha256)",
             )
+        if spec.paired:
+            problem = agent.reference_problem(sha, spec)
+            if problem is not None:
+                code, message = problem
+                raise HttpError(404 if code == "unknown_reference" else 400, code, message)
         job = agent.submit(sha, spec)
         self._send(
             202,

@@ -2,6 +2,7 @@
 
 import json
 
+from .cache import is_sha256
 from .errors import SpecError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -9,6 +10,15 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MAX_REPEATS = 20
 MAX_ITERATIONS = 100000
 MAX_DURATION_S = 600.0
+MAX_ROUNDS = 1000
+MAX_REPEAT_MS = 60000.0
+# A paired job (a spec with a ``reference``) measures towards a 95 % interval of the speedup
+# this wide on each side, relative to the speedup, until ``max_time_s`` of timed rounds.
+DEFAULT_RATIO_CI = 0.02
+DEFAULT_PAIRED_MAX_TIME_S = 30.0
+DEFAULT_PAIRED_ROUNDS = 10
+DEFAULT_PAIRED_BLOCK_ITERATIONS = 10
+DEFAULT_PAIRED_MIN_REPEAT_MS = 50.0
 
 
 def _int_field(data, key, default, low, high):
@@ -22,12 +32,15 @@ def _int_field(data, key, default, low, high):
     return value
 
 
-def _float_field(data, key, default, low, high):
+def _float_field(data, key, default, low, high, zero_ok=False):
+    """A number in (low, high], or exactly 0 as well when ``zero_ok`` (0 turns a feature off)."""
     value = data.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError("spec.%s must be a number, got %r" % (key, value))
+    if zero_ok and value == 0:
+        return 0.0
     if not (low < value <= high):
         raise SpecError("spec.%s must be > %g and <= %g, got %r" % (key, low, high, value))
     return float(value)
@@ -49,8 +62,38 @@ def _shape(value, where):
     return list(value)
 
 
+def _reference(value):
+    """``{"model_sha256": ..., "precision": ...}``: a model the agent holds, timed beside the
+    candidate (precision fp32 unless given)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError("spec.reference must be an object with model_sha256 and precision")
+    unknown = sorted(set(value) - set(("model_sha256", "precision")))
+    if unknown:
+        raise SpecError("unknown spec.reference field(s) %s" % ", ".join(unknown))
+    sha = value.get("model_sha256")
+    if not isinstance(sha, str) or not is_sha256(sha):
+        raise SpecError("spec.reference.model_sha256 must be a lowercase sha256 hex digest")
+    precision = value.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise SpecError(
+            "spec.reference.precision must be one of %s, got %r"
+            % (", ".join(PRECISIONS), precision)
+        )
+    return {"model_sha256": sha, "precision": precision}
+
+
 class MeasureSpec(object):
-    """How to measure: precision, input shapes, warm-up, iterations or duration, repeats."""
+    """How to measure: precision, input shapes, warm-up, iterations or duration, repeats.
+
+    With a ``reference`` the job is *paired*: candidate and reference are timed in alternating
+    blocks (rounds) in one process, and the result carries their speedup with an interval.
+    There ``repeats`` is the least number of rounds, ``iterations`` the least iterations of a
+    block, ``min_repeat_ms`` the least time of a block (TVM's ``min_repeat_ms``), and rounds go
+    on until the interval's half-width is within ``ratio_ci`` of the speedup or ``max_time_s``
+    of rounds have passed (``ratio_ci: 0`` stops after ``repeats`` rounds). Without one,
+    ``min_repeat_ms`` lengthens each repeat in iteration mode and the other two are unused."""
 
     FIELDS = (
         "precision",
@@ -65,6 +108,10 @@ class MeasureSpec(object):
         "build_timeout_s",
         "run_timeout_s",
         "use_cache",
+        "reference",
+        "min_repeat_ms",
+        "ratio_ci",
+        "max_time_s",
     )
 
     def __init__(self, **fields):
@@ -95,13 +142,40 @@ class MeasureSpec(object):
             (str(name), _shape(shape, "spec.input_shapes[%s]" % name))
             for name, shape in input_shapes.items()
         )
+        reference = _reference(data.get("reference"))
+        paired = reference is not None
         iterations = _int_field(data, "iterations", None, 1, MAX_ITERATIONS)
         duration_s = _float_field(data, "duration_s", None, 0.0, MAX_DURATION_S)
         if iterations is not None and duration_s is not None:
             raise SpecError("give spec.iterations or spec.duration_s, not both")
+        if paired and duration_s is not None:
+            raise SpecError("a paired job (spec.reference) times blocks: give iterations")
         if iterations is None and duration_s is None:
-            iterations = 100
+            iterations = DEFAULT_PAIRED_BLOCK_ITERATIONS if paired else 100
+        if not paired:
+            for key in ("ratio_ci", "max_time_s"):
+                if data.get(key) is not None:
+                    raise SpecError("spec.%s applies to paired jobs only (spec.reference)" % key)
         return cls(
+            reference=reference,
+            min_repeat_ms=_float_field(
+                data,
+                "min_repeat_ms",
+                DEFAULT_PAIRED_MIN_REPEAT_MS if paired else 0.0,
+                0.0,
+                MAX_REPEAT_MS,
+                zero_ok=True,
+            ),
+            ratio_ci=_float_field(
+                data, "ratio_ci", DEFAULT_RATIO_CI if paired else None, 0.0, 1.0, zero_ok=True
+            ),
+            max_time_s=_float_field(
+                data,
+                "max_time_s",
+                DEFAULT_PAIRED_MAX_TIME_S if paired else None,
+                0.0,
+                MAX_DURATION_S,
+            ),
             precision=precision,
             batch_size=_int_field(data, "batch_size", 1, 1, 4096),
             input_shape=input_shape,
@@ -109,12 +183,28 @@ class MeasureSpec(object):
             warmup=_int_field(data, "warmup", 10, 0, MAX_ITERATIONS),
             iterations=iterations,
             duration_s=duration_s,
-            repeats=_int_field(data, "repeats", 3, 1, MAX_REPEATS),
+            repeats=_int_field(
+                data,
+                "repeats",
+                DEFAULT_PAIRED_ROUNDS if paired else 3,
+                1,
+                MAX_ROUNDS if paired else MAX_REPEATS,
+            ),
             cv_threshold=_float_field(data, "cv_threshold", 0.05, 0.0, 10.0),
             build_timeout_s=_float_field(data, "build_timeout_s", None, 0.0, 24 * 3600.0),
             run_timeout_s=_float_field(data, "run_timeout_s", None, 0.0, 24 * 3600.0),
             use_cache=_bool_field(data, "use_cache", True),
         )
+
+    @property
+    def paired(self):
+        return self.reference is not None
+
+    def for_reference(self):
+        """The spec the reference model is built with: this one at the reference's precision."""
+        data = self.to_dict()
+        data.update(precision=self.reference["precision"], reference=None)
+        return MeasureSpec(**data)
 
     def to_dict(self):
         return dict((key, getattr(self, key)) for key in self.FIELDS)

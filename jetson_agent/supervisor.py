@@ -59,30 +59,33 @@ class JobProcess(object):
         run = min(spec.get("run_timeout_s") or self.run_timeout_s, self.run_timeout_s)
         return build, run
 
-    def run(self, model_path, engine_path, spec):
-        """Measure ``model_path`` with ``spec`` (a dict already validated by MeasureSpec)."""
+    def run(self, paths, spec, quiet_lock=None):
+        """Measure with ``spec`` (a dict already validated by MeasureSpec); ``paths`` holds
+        ``model_path`` and ``engine_path`` (and a paired job's ``reference_model_path`` and
+        ``reference_engine_path``); ``quiet_lock`` is the folder of the host's measurement
+        lock, held through the run phase."""
         work = tempfile.mkdtemp(prefix="jetson-agent-job-")
         try:
-            return self._run_in(work, model_path, engine_path, spec)
+            return self._run_in(work, paths, spec, quiet_lock)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run_in(self, work, model_path, engine_path, spec):
+    def _run_in(self, work, paths, spec, quiet_lock):
         request_path = os.path.join(work, "request.json")
         result_path = os.path.join(work, "result.json")
         stderr_path = os.path.join(work, "stderr.log")
+        request = dict(paths)
+        request.update(
+            {
+                "spec": spec,
+                "backend_target": self.backend_target,
+                "result_path": result_path,
+                "memory_limit_mb": self.memory_limit_mb,
+                "quiet_lock": quiet_lock,
+            }
+        )
         with open(request_path, "w") as handle:
-            json.dump(
-                {
-                    "model_path": model_path,
-                    "engine_path": engine_path,
-                    "spec": spec,
-                    "backend_target": self.backend_target,
-                    "result_path": result_path,
-                    "memory_limit_mb": self.memory_limit_mb,
-                },
-                handle,
-            )
+            json.dump(request, handle)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p

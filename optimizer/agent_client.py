@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,14 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The model a paired job times the candidate against, and the precision it runs at."""
+
+    path: Path
+    precision: str = "fp32"
 
 
 class AgentClient:
@@ -154,8 +163,41 @@ class AgentClient:
         status, _ = self._request("HEAD", f"/v1/models/{sha256}")
         return status == 200
 
-    def submit(self, model_path: Path, spec: JsonDict) -> JsonDict:
-        """Queue a job; uploads the model only when the agent does not hold it already."""
+    def upload_model(self, model_path: Path) -> str:
+        """Store a model on the agent without measuring it (``POST /v1/models``)."""
+        _, payload = self._request(
+            "POST", "/v1/models", Path(model_path).read_bytes(), "application/octet-stream"
+        )
+        assert payload is not None
+        return payload["model_sha256"]
+
+    def ensure_model(self, model_path: Path) -> str:
+        """The model's sha256, uploaded first when the agent does not hold it."""
+        sha = sha256_file(model_path)
+        return sha if self.has_model(sha) else self.upload_model(model_path)
+
+    def submit(
+        self, model_path: Path, spec: JsonDict, reference: Reference | None = None
+    ) -> JsonDict:
+        """Queue a job; uploads the model only when the agent does not hold it already. With a
+        ``reference`` the job is paired: the reference is uploaded too when missing, and named
+        in the spec; if the agent lost it meanwhile (evicted), it is uploaded once more."""
+        if reference is None:
+            return self._submit(model_path, spec)
+        ref_spec = {
+            "model_sha256": self.ensure_model(reference.path),
+            "precision": reference.precision,
+        }
+        paired = dict(spec, reference=ref_spec)
+        try:
+            return self._submit(model_path, paired)
+        except AgentRequestError as exc:
+            if exc.code != "unknown_reference":
+                raise
+            self.upload_model(reference.path)
+            return self._submit(model_path, paired)
+
+    def _submit(self, model_path: Path, spec: JsonDict) -> JsonDict:
         sha = sha256_file(model_path)
         known = self.has_model(sha)
         if known:
@@ -206,6 +248,7 @@ class AgentClient:
         model_path: Path,
         spec: JsonDict,
         on_update: Callable[[JsonDict], None] | None = None,
+        reference: Reference | None = None,
     ) -> JsonDict:
         """Submit, wait and return the ``ok`` result; raise :class:`MeasurementFailed` else.
 
@@ -213,7 +256,7 @@ class AgentClient:
         submitted again, at most ``retries`` times."""
         attempt = 0
         while True:
-            submitted = self.submit(Path(model_path), spec)
+            submitted = self.submit(Path(model_path), spec, reference)
             job = self.wait(submitted["job_id"], on_update)
             result = job["result"]
             result["job"] = {

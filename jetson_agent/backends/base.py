@@ -19,6 +19,13 @@ class ModelInputs(object):
         # The graph's operator types, when the agent could read them (the onnx package).
         self.op_types = op_types  # type: Optional[frozenset]
 
+    def signature(self, spec):
+        # type: (...) -> List[Tuple[List[int], int]]
+        """What a model must be fed for a spec, in input order: (shape, elem_type) pairs. Two
+        models can be timed side by side only when their signatures are equal."""
+        shapes = self.resolved_shapes(spec)
+        return [(shapes[name], elem) for name, _shape, elem in self.inputs]
+
     def resolved_shapes(self, spec):
         # type: (...) -> Dict[str, List[int]]
         """Concrete input shapes for a spec: its explicit shapes, else the model's own with
@@ -55,6 +62,10 @@ class BuildInfo(object):
 
 class Session(object):
     """A model made ready to run on the device."""
+
+    # True when every ``time`` call starts from cold (a new process, as trtexec's): a paired
+    # job then gives each block the spec's warm-up.
+    cold_start = False
 
     def time(self, warmup, iterations, duration_s):
         # type: (int, Optional[int], Optional[float]) -> List[float]

@@ -310,6 +310,8 @@ def select_timed(computes, starts, warmup, iterations, duration_s):
 
 
 class TrtexecSession(Session):
+    cold_start = True  # one trtexec process per time() call
+
     def __init__(self, binary, engine_path, shapes, workdir, run_timeout_s, environ):
         self.binary = binary
         self.engine_path = engine_path

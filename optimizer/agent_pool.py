@@ -27,6 +27,7 @@ from .agent_client import (
     AgentUnreachable,
     MeasurementFailed,
     MeasurementTimeout,
+    Reference,
 )
 
 PROBE_TIMEOUT_S = 3.0
@@ -193,7 +194,8 @@ class PooledMeasurement:
     lost job) the job goes to another agent, or to the same one once it answers again, up to
     ``attempts`` agents and at most ``wait_healthy_s`` without any healthy agent. A candidate's
     own failure (``build_failed`` …) or a timeout is raised at once: no other agent would
-    change it. ``log`` keeps every job's agent and error, for the trial's record."""
+    change it. A paired job's reference is uploaded to whichever agent measures it. ``log``
+    keeps every job's agent and error, for the trial's record."""
 
     def __init__(
         self,
@@ -210,7 +212,9 @@ class PooledMeasurement:
         self.idle_poll_s = idle_poll_s
         self.log: list[dict[str, Any]] = []
 
-    def __call__(self, model_path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, model_path: Path, spec: dict[str, Any], reference: Reference | None = None
+    ) -> dict[str, Any]:
         failed = 0
         last: str | None = None
         waiting_since = time.monotonic()
@@ -223,7 +227,9 @@ class PooledMeasurement:
                 continue
             error: str | None = None
             try:
-                result = AgentClient(url, self.token, retries=2).measure(model_path, spec)
+                result = AgentClient(url, self.token, retries=2).measure(
+                    model_path, spec, reference=reference
+                )
             except MeasurementFailed as exc:
                 if exc.status != INFRA_ERROR:
                     self.log.append({"agent": url, "error": None, "status": exc.status})

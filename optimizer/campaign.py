@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .agent_client import Reference
 from .agent_pool import AgentLease, AgentPool, AgentPoolError, probe_agents
 from .baseline import prepare_baseline
 from .config import Campaign
@@ -71,6 +72,7 @@ class Setup:
     space: SearchSpace
     checkpoint: Path
     manager: pluggy.PluginManager
+    quiet_lock: Path | None  # the embedded agent's measurement lock (None: remote agents)
 
     def pool_args(self) -> tuple[Any, ...]:
         """What :class:`AgentPool` is built from, wherever it lives."""
@@ -84,39 +86,62 @@ class Setup:
         )
 
 
+@dataclass
+class Endpoint:
+    """Where the campaign measures: its agents' URLs and token, and, for an embedded agent
+    that pauses this host's trials while it times, its lock folder."""
+
+    urls: list[str]
+    token: str | None
+    quiet_lock: Path | None = None
+
+
 @contextlib.contextmanager
 def agent_endpoint(
     campaign: Campaign, console: Console, urls: list[str] | None = None
-) -> Iterator[tuple[list[str], str | None]]:
+) -> Iterator[Endpoint]:
     """The campaign's agents, or an embedded one on 127.0.0.1 (onnxruntime backend) for the
     duration of the run when the campaign names none."""
     token = os.environ.get(campaign.agents.token_env) or None
     urls = list(urls or campaign.agents.urls)
     if urls:
-        yield urls, token
+        yield Endpoint(urls, token)
         return
     env = dict(os.environ)
     env.setdefault("JETSON_AGENT_ORT_THREADS", "1")  # steadier timings on a shared CPU
+    cache = campaign.run_dir / "agent-cache"
+    quiet = (cache / "quiet").resolve() if campaign.agents.measure.quiet else None
+    args = ["--backend", "onnxruntime", "--log-level", "WARNING"]
+    if quiet is not None:
+        args += ["--quiet-lock", str(quiet)]
     try:
-        with local_agent(
-            campaign.run_dir / "agent-cache",
-            "--backend",
-            "onnxruntime",
-            "--log-level",
-            "WARNING",
-            env=env,
-        ) as url:
+        with local_agent(cache, *args, env=env) as url:
             console.print(
                 f"[dim]no agent in the campaign: started an embedded one at {url} "
-                "(onnxruntime on this machine's CPU)[/]"
+                "(onnxruntime on this machine's CPU"
+                + ("; trials pause while it times" if quiet else "")
+                + ")[/]"
             )
-            yield [url], None
+            yield Endpoint([url], None, quiet)
     except AgentStartError as exc:
         raise CampaignFailed(str(exc)) from exc
 
 
-def prepare(campaign: Campaign, console: Console, urls: list[str], token: str | None) -> Setup:
+def baseline_reference(campaign: Campaign, base: optuna.trial.FrozenTrial) -> Reference:
+    """The baseline's deployable model, which every later job is timed against, at the
+    precision it was measured at (kept under the campaign's run folder)."""
+    path = (campaign.run_dir / "trials" / f"{base.number:05d}" / "model.onnx").resolve()
+    if not path.exists():
+        raise CampaignFailed(
+            f"the baseline's model {path} is gone: every candidate is timed against it; "
+            "start a new campaign name"
+        )
+    return Reference(path, base.user_attrs.get("precision", "fp32"))
+
+
+def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     """Everything a run or a baseline needs: device facts, the search space, the baseline."""
+    urls, token = endpoint.urls, endpoint.token
     try:
         plan = probe_agents(urls, token, campaign.agents.device)
     except AgentPoolError as exc:
@@ -160,6 +185,7 @@ def prepare(campaign: Campaign, console: Console, urls: list[str], token: str | 
         space=space,
         checkpoint=checkpoint.resolve(),
         manager=manager,
+        quiet_lock=endpoint.quiet_lock,
     )
 
 
@@ -278,8 +304,8 @@ def run_campaign(
     # SIGTERM stops a run the way Ctrl-C does, set-up included (the embedded agent is stopped).
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with agent_endpoint(campaign, console, agent_urls) as (urls, token):
-            setup = prepare(campaign, console, urls, token)
+        with agent_endpoint(campaign, console, agent_urls) as endpoint:
+            setup = prepare(campaign, console, endpoint)
             study = open_study(campaign)
             check_device_type(study, setup.device_type)
             recovered = recover_interrupted(study)
@@ -414,7 +440,7 @@ def _submit_more(study, setup: Setup, executor, pool, running, target, deadline)
             and campaign.objective.latency_first_cut
             and campaign.objective.mode == "latency"
         ):
-            cut = best.user_attrs["latency_ms"]
+            cut = best.user_attrs["speedup"]
         request = TrialRequest(
             campaign=campaign,
             number=trial.number,
@@ -424,13 +450,10 @@ def _submit_more(study, setup: Setup, executor, pool, running, target, deadline)
             agent_token=setup.agent_token,
             device_info=setup.device_info,
             work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
-            baseline=None
-            if is_baseline
-            else {
-                "accuracy": base.user_attrs["accuracy"],
-                "latency_ms": base.user_attrs["latency_ms"],
-            },
-            cut_latency_ms=cut,
+            baseline=None if is_baseline else {"accuracy": base.user_attrs["accuracy"]},
+            reference=None if is_baseline else baseline_reference(campaign, base),
+            cut_speedup=cut,
+            quiet_lock=setup.quiet_lock,
         )
 
         should_prune = functools.partial(_report, trial)

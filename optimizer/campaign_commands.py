@@ -19,6 +19,7 @@ from .campaign import (
     CampaignFailed,
     CampaignInterrupted,
     agent_endpoint,
+    baseline_reference,
     prepare,
     run_campaign,
 )
@@ -273,13 +274,14 @@ def _run_one(
     number: int,
     params: dict[str, Any] | None,
     work_dir: Path,
-    baseline: dict[str, float] | None = None,
+    base: FrozenTrial | None = None,
     save_weights: Path | None = None,
 ) -> TrialOutcome:
-    """One trial outside the study, in this process (``params=None``: the baseline's)."""
+    """One trial outside the study, in this process (``params=None``: the baseline's), timed
+    against the campaign's baseline ``base`` (None: against itself)."""
     try:
-        with agent_endpoint(campaign, console, list(agent_urls)) as (urls, token):
-            setup = prepare(campaign, console, urls, token)
+        with agent_endpoint(campaign, console, list(agent_urls)) as endpoint:
+            setup = prepare(campaign, console, endpoint)
             return run_trial(
                 TrialRequest(
                     campaign=campaign,
@@ -287,10 +289,11 @@ def _run_one(
                     params=dict(setup.space.baseline) if params is None else params,
                     checkpoint=setup.checkpoint,
                     agents=AgentPool(*setup.pool_args()),
-                    agent_token=token,
+                    agent_token=endpoint.token,
                     device_info=setup.device_info,
                     work_dir=work_dir.resolve(),
-                    baseline=baseline,
+                    baseline=None if base is None else {"accuracy": base.user_attrs["accuracy"]},
+                    reference=None if base is None else baseline_reference(campaign, base),
                     save_weights=save_weights.resolve() if save_weights else None,
                 )
             )
@@ -344,12 +347,7 @@ def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ..
         number=trial.number,
         params=dict(trial.user_attrs[RESOLVED_PARAMS_ATTR]),
         work_dir=out / "work",
-        baseline=None
-        if base is None or base.number == trial.number
-        else {
-            "accuracy": base.user_attrs["accuracy"],
-            "latency_ms": base.user_attrs["latency_ms"],
-        },
+        base=None if base is None or base.number == trial.number else base,
         save_weights=out / "model.safetensors",
     )
     if outcome.state != "COMPLETE":

@@ -136,9 +136,30 @@ class ExecutionConfig(_Strict):
 
 
 class MeasureConfig(_Strict):
-    warmup: int = Field(20, ge=0)
-    iterations: int = Field(100, ge=1)
-    repeats: int = Field(3, ge=1)
+    """How every job of the campaign is timed: paired with the baseline's deployable model, in
+    alternating blocks of each (see jetson_agent/README.md, "Paired jobs")."""
+
+    warmup: int = Field(20, ge=0, description="untimed runs of each model before the rounds")
+    iterations: int = Field(10, ge=1, le=100000, description="least iterations of a block")
+    repeats: int = Field(10, ge=1, le=1000, description="least rounds (a block of each model)")
+    min_repeat_ms: float = Field(50, ge=0, le=60000, description="least time of a block")
+    ratio_ci: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="rounds go on until the speedup's 95% interval is this "
+        "close on each side (relative); 0: exactly `repeats` rounds",
+    )
+    max_time_s: float = Field(30, gt=0, le=600, description="cap on a job's timed rounds")
+    quiet: bool = Field(
+        True,
+        description="an embedded agent pauses this host's trials while it times (a remote "
+        "agent is unaffected)",
+    )
+
+    def spec(self) -> dict[str, Any]:
+        """The agent's spec fields for this campaign (precision and reference are per job)."""
+        return self.model_dump(exclude={"quiet"})
 
 
 class AgentsConfig(_Strict):

@@ -2,9 +2,10 @@
 tasks (a local runtime by default, a cluster with ``ray_address``). Both implement one small
 interface; the driver owns the study either way.
 
-On Ray, nothing assumes a shared file system: the baseline checkpoint travels once through the
-object store, each trial works in a scratch folder on its node, and its artifacts come back as
-bytes that the driver writes under ``runs/NAME/trials/``.
+On Ray, nothing assumes a shared file system: the baseline checkpoint and the baseline's model
+(every job's timing reference) travel once through the object store, each trial works in a
+scratch folder on its node, and its artifacts come back as bytes that the driver writes under
+``runs/NAME/trials/``.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ def _scratch_root() -> Path:
     return Path(tempfile.gettempdir()) / "vitopt-worker"
 
 
-def _local_checkpoint(data: bytes) -> Path:
-    """The baseline weights as a file on this node, written once per content."""
-    path = _scratch_root() / f"{hashlib.sha256(data).hexdigest()[:24]}.pt"
+def _local_file(data: bytes, suffix: str) -> Path:
+    """A file shipped from the driver (the baseline's weights or model), on this node, written
+    once per content."""
+    path = _scratch_root() / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")
@@ -123,7 +125,11 @@ def _local_checkpoint(data: bytes) -> Path:
 
 
 def trial_on_worker(
-    request: TrialRequest, checkpoint: bytes, should_prune: ShouldPrune | None, trial_fn: TrialFn
+    request: TrialRequest,
+    checkpoint: bytes,
+    reference: bytes | None,
+    should_prune: ShouldPrune | None,
+    trial_fn: TrialFn,
 ) -> tuple[TrialOutcome, dict[str, bytes]]:
     """A Ray task: run the trial in a scratch folder of this node, return its artifacts as
     bytes and say where it ran."""
@@ -133,7 +139,12 @@ def trial_on_worker(
     scratch = Path(tempfile.mkdtemp(prefix=f"trial-{request.number:05d}-", dir=_scratch_root()))
     try:
         local = dataclasses.replace(
-            request, checkpoint=_local_checkpoint(checkpoint), work_dir=scratch
+            request,
+            checkpoint=_local_file(checkpoint, ".pt"),
+            work_dir=scratch,
+            reference=None
+            if request.reference is None
+            else dataclasses.replace(request.reference, path=_local_file(reference, ".onnx")),
         )
         outcome = trial_fn(local, should_prune)
         files = {name: Path(path).read_bytes() for name, path in outcome.artifacts.items()}
@@ -196,7 +207,7 @@ class RayExecutor:
         self.capacity = workers
         self._trial_fn = trial_fn
         self._requests: dict[Any, TrialRequest] = {}
-        self._checkpoints: dict[Path, Any] = {}
+        self._shipped: dict[Path, Any] = {}  # files the trials need, in the object store
         self._broker = PruneBroker()
         self._task = ray.remote(
             num_cpus=execution.num_cpus,
@@ -208,12 +219,19 @@ class RayExecutor:
     def share(self, cls: Callable[..., T], *args: Any) -> Any:
         return ActorProxy(self._ray.remote(num_cpus=0, max_concurrency=64)(cls).remote(*args))
 
+    def _ship(self, path: Path | None) -> Any:
+        """The file's bytes in the object store, put there once."""
+        if path is None:
+            return None
+        if path not in self._shipped:
+            self._shipped[path] = self._ray.put(path.read_bytes())
+        return self._shipped[path]
+
     def submit(self, request: TrialRequest, should_prune: ShouldPrune | None) -> Any:
-        if request.checkpoint not in self._checkpoints:
-            self._checkpoints[request.checkpoint] = self._ray.put(request.checkpoint.read_bytes())
         ref = self._task.remote(
             request,
-            self._checkpoints[request.checkpoint],
+            self._ship(request.checkpoint),
+            self._ship(request.reference.path if request.reference else None),
             self._broker.for_trial(request.number),
             self._trial_fn,
         )

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .agent_client import MeasurementFailed
+from . import colocation
+from .agent_client import MeasurementFailed, Reference
 from .agent_pool import AgentLease, PooledMeasurement
 from .baseline import load_model, load_teacher
 from .config import Campaign
@@ -33,6 +34,9 @@ from .plugin_manager import RegisteredTechnique, build_plugin_manager, collect_t
 from .technique import OnnxArtifact, StageContext, TrialPruned
 
 ShouldPrune = Callable[[int, float], bool]
+# Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
+# own objective.metric (p50 by default)}].
+REFERENCE_JOBS_ATTR = "reference_jobs"
 
 
 @dataclass
@@ -45,8 +49,12 @@ class TrialRequest:
     agent_token: str | None
     device_info: dict[str, Any]
     work_dir: Path
-    baseline: dict[str, float] | None = None  # accuracy and latency; None for the baseline
-    cut_latency_ms: float | None = None  # best feasible latency so far
+    baseline: dict[str, float] | None = None  # its accuracy; None for the baseline itself
+    # The baseline's deployable model, which every job is timed against (None: this trial is
+    # the baseline, timed against itself).
+    reference: Reference | None = None
+    cut_speedup: float | None = None  # best feasible speedup so far (latency-first cut)
+    quiet_lock: Path | None = None  # the embedded agent's lock folder, on the driver's host
     save_weights: Path | None = None  # write the final torch weights here (safetensors)
 
 
@@ -86,26 +94,47 @@ def _task(manager: Any, name: str) -> Any:
 
 
 class _Measurer:
+    """Every job paired with the campaign's reference (the baseline's deployable model; for
+    the baseline itself, its own model: an A/A job whose interval shows the noise left)."""
+
     def __init__(self, request: TrialRequest):
         agents = request.campaign.agents
-        measure = agents.measure
         self.pooled = PooledMeasurement(request.agents, request.agent_token, agents.wait_healthy_s)
-        self.spec = {
-            "warmup": measure.warmup,
-            "iterations": measure.iterations,
-            "repeats": measure.repeats,
-        }
+        self.spec = agents.measure.spec()
+        self.reference = request.reference
         self.metric = request.campaign.objective.metric
 
     def __call__(self, artifact: OnnxArtifact) -> dict[str, Any]:
-        return self.pooled(artifact.path, dict(self.spec, precision=artifact.precision))
+        reference = self.reference or Reference(artifact.path, artifact.precision)
+        spec = dict(self.spec, precision=artifact.precision)
+        return self.pooled(artifact.path, spec, reference)
 
 
 def _latency_attrs(result: dict[str, Any]) -> dict[str, Any]:
+    """The job's absolute figures (the candidate's own distribution, the reference's p50)."""
     latency = result["latency_ms"]
     attrs = {f"latency_{k}_ms": latency[k] for k in ("p50", "p90", "p99", "mean", "std")}
     attrs["latency_cv"] = latency["cv"]
     return attrs
+
+
+def _paired_attrs(result: dict[str, Any]) -> dict[str, Any]:
+    """What the search acts on: the paired speedup, its interval, and how it was reached."""
+    paired = result["paired"]
+    return {
+        "speedup": paired["speedup"],
+        "speedup_ci": paired["speedup_ci"],
+        "speedup_ci_met": paired["target_met"],
+        "speedup_rounds": paired["rounds"],
+    }
+
+
+def _reference_job(result: dict[str, Any], metric: str) -> dict[str, float]:
+    """One job's reference timing, for the campaign's reference latency and its drift."""
+    return {
+        "at": result["measured_at"],
+        "latency_ms": result["paired"]["reference"]["latency_ms"][metric],
+    }
 
 
 def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) -> TrialOutcome:
@@ -113,6 +142,7 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
     outcome = TrialOutcome(request.number, "FAIL")
     started = time.monotonic()
     measure = _Measurer(request)
+    colocation.share_device(request.quiet_lock)
     try:
         _run(request, outcome, should_prune, measure)
     except TrialPruned:
@@ -196,28 +226,34 @@ def _run(
     )
     example = example_input(ctx.input_shape)
 
-    for technique in stages["prune"]:
-        model = apply_technique(technique, model, params, ctx)
+    with colocation.step():
+        for technique in stages["prune"]:
+            model = apply_technique(technique, model, params, ctx)
     outcome.attrs["params_count"] = count_params(model)
     outcome.attrs["macs"] = count_macs(model, ctx.input_shape)
 
     def deployable(name: str) -> OnnxArtifact:
-        artifact = OnnxArtifact(export_onnx(model, example, work / f"{name}.onnx"))
-        for technique in stages["quantize"]:
-            artifact = apply_technique(technique, artifact, params, ctx)
+        with colocation.step():
+            artifact = OnnxArtifact(export_onnx(model, example, work / f"{name}.onnx"))
+            for technique in stages["quantize"]:
+                artifact = apply_technique(technique, artifact, params, ctx)
         return artifact
 
     artifact = deployable("architecture")
     result = measure(artifact)
-    probe_latency = result["latency_ms"][measure.metric]
-    outcome.attrs["probe_latency_ms"] = probe_latency
-    cut = request.cut_latency_ms
-    if cut is not None and probe_latency >= cut:
+    reference_jobs = [_reference_job(result, measure.metric)]
+    outcome.attrs[REFERENCE_JOBS_ATTR] = reference_jobs
+    probe = _paired_attrs(result)
+    outcome.attrs["probe_speedup"] = probe["speedup"]
+    outcome.attrs["probe_speedup_ci"] = probe["speedup_ci"]
+    cut = request.cut_speedup
+    if cut is not None and probe["speedup_ci"][1] < cut:
         outcome.state = "PRUNED"
-        outcome.latency_ms = probe_latency
+        outcome.attrs.update(probe)
+        low, high = probe["speedup_ci"]
         outcome.attrs["pruned_reason"] = (
-            f"latency first: {probe_latency:.3f} ms is not better than the best feasible "
-            f"{cut:.3f} ms, so no fine-tuning was spent on it"
+            f"latency first: its speedup, {probe['speedup']:.3f}× [{low:.3f}, {high:.3f}], is "
+            f"below the best feasible {cut:.3f}×, so no fine-tuning was spent on it"
         )
         return
     before = _fingerprint(model)
@@ -226,6 +262,7 @@ def _run(
     if _fingerprint(model) != before:  # retrained: the deployable file and its timing change
         artifact = deployable("candidate")
         result = measure(artifact)
+        reference_jobs.append(_reference_job(result, measure.metric))
 
     if request.save_weights is not None:
         from safetensors.torch import save_file
@@ -234,16 +271,16 @@ def _run(
     # A task may report more than its score (segmentation: per-class IoU, pixel accuracy):
     # ``evaluate_onnx_metrics`` returns them with the score under "score".
     extra: dict[str, Any] = {}
-    if getattr(ctx.task, "evaluate_onnx_metrics", None) is not None:
-        extra = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
-        accuracy = float(extra.pop("score"))
-    else:
-        accuracy = ctx.task.evaluate_onnx(artifact.path, splits.test)
-    latency = result["latency_ms"][measure.metric]
+    with colocation.step():
+        if getattr(ctx.task, "evaluate_onnx_metrics", None) is not None:
+            extra = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
+            accuracy = float(extra.pop("score"))
+        else:
+            accuracy = ctx.task.evaluate_onnx(artifact.path, splits.test)
     outcome.state = "COMPLETE"
-    outcome.latency_ms = latency
     outcome.accuracy = accuracy
     outcome.attrs.update(_latency_attrs(result))
+    outcome.attrs.update(_paired_attrs(result))
     outcome.attrs.update(
         {
             "accuracy": accuracy,
@@ -263,9 +300,10 @@ def _run(
         outcome.attrs["accuracy_metric"] = ctx.task.metric_name
     outcome.attrs.update(extra)
     if request.baseline is not None:
-        outcome.attrs["speedup"] = request.baseline["latency_ms"] / latency
         outcome.attrs["accuracy_drop"] = request.baseline["accuracy"] - accuracy
     else:
+        # Timed against itself: the speedup is 1 by definition; its interval (the A/A job's)
+        # says how much noise a candidate's interval carries.
         outcome.attrs["speedup"] = 1.0
         outcome.attrs["accuracy_drop"] = 0.0
     deployed = work / "model.onnx"  # the name a reviewer downloads, whatever stage wrote it

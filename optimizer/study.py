@@ -4,8 +4,9 @@ outcome is written (values, constraints, user attributes, artifacts)."""
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
-from .pipeline import TrialOutcome
+from .pipeline import REFERENCE_JOBS_ATTR, TrialOutcome
 from .storage import open_storage
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
@@ -29,6 +30,10 @@ RETRIED_ATTR = "retried"  # lost to the device or a worker, and run again: not c
 INFRA_ATTEMPT_ATTR = "infra_attempt"  # how many times this trial's parameters were re-run
 AGENT_POOL_ATTR = "agent_pool"  # study attribute: the pool's health as the driver last saw it
 RESOLVED_PARAMS_ATTR = "resolved_params"
+# The campaign's reference latency is the median of every job's (REFERENCE_JOBS_ATTR), and
+# their drift is flagged beyond DRIFT_LIMIT.
+DRIFT_LIMIT = 0.10
+DRIFT_WINDOW = 5
 
 
 def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
@@ -109,6 +114,39 @@ def constraint_values(campaign: Campaign, outcome: TrialOutcome) -> dict[str, fl
     return values
 
 
+def reference_jobs(trials: Iterable[FrozenTrial]) -> list[dict[str, float]]:
+    """Every job's reference timing recorded so far, oldest first."""
+    jobs = [job for t in trials for job in t.user_attrs.get(REFERENCE_JOBS_ATTR) or []]
+    return sorted(jobs, key=lambda job: job["at"])
+
+
+def reference_latency_ms(jobs: list[dict[str, float]]) -> float:
+    """The campaign's reference latency: the median of the reference's latency over its jobs."""
+    return statistics.median(job["latency_ms"] for job in jobs)
+
+
+def reference_drift(jobs: list[dict[str, float]]) -> dict[str, Any] | None:
+    """How far the reference's latency moved over the campaign: the median of its last
+    DRIFT_WINDOW jobs against that of its first (fewer when there are few jobs), flagged
+    beyond DRIFT_LIMIT (thermal throttling, a clock change, another tenant). None before two
+    jobs."""
+    if len(jobs) < 2:
+        return None
+    window = max(1, min(DRIFT_WINDOW, len(jobs) // 2))
+    first = reference_latency_ms(jobs[:window])
+    recent = reference_latency_ms(jobs[-window:])
+    drift = recent / first - 1.0
+    return {
+        "jobs": len(jobs),
+        "window": window,
+        "first_ms": first,
+        "recent_ms": recent,
+        "median_ms": reference_latency_ms(jobs),
+        "drift": drift,
+        "flagged": abs(drift) > DRIFT_LIMIT,
+    }
+
+
 def record(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -121,6 +159,12 @@ def record(
         if step not in reported:
             trial.report(value, step)
     attrs = dict(outcome.attrs)
+    if "speedup" in attrs and outcome.state != "FAIL":
+        # The objective: the campaign's reference latency over the paired speedup, so trials
+        # timed at different moments (the device drifting between them) compare as ratios do.
+        jobs = reference_jobs(study.get_trials(deepcopy=False)) + outcome.attrs[REFERENCE_JOBS_ATTR]
+        attrs["reference_latency_ms"] = reference_latency_ms(jobs)
+        outcome.latency_ms = attrs["reference_latency_ms"] / attrs["speedup"]
     if outcome.latency_ms is not None:
         attrs["latency_ms"] = outcome.latency_ms
     constraints = constraint_values(campaign, outcome)

@@ -31,7 +31,16 @@ TINY = {
         "space": {"train.epochs": {"low": 1, "high": 1}, "prune.ratio": {"low": 0.4, "high": 0.7}},
     },
     "execution": {"workers": 2},
-    "agents": {"measure": {"warmup": 5, "iterations": 30, "repeats": 2}},
+    # Paired jobs, short: >= 6 rounds of >= 5 ms blocks, until +-5 %, 3 s at most.
+    "agents": {
+        "measure": {
+            "warmup": 5,
+            "repeats": 6,
+            "min_repeat_ms": 5,
+            "ratio_ci": 0.05,
+            "max_time_s": 3,
+        }
+    },
 }
 STORAGE = "sqlite:///runs/tiny/study.db"
 

@@ -1,0 +1,37 @@
+"""Trials that share a host with the campaign's embedded agent pause while it times.
+
+The agent holds the host's measurement lock (``jetson_agent/quiet.py``) through each job's run
+phase; a trial on the same host takes it shared for each short step of compute (a training
+batch, an export with its quantization, an evaluation), so no step runs while a job times and a
+job waits at most for the steps under way. A trial process is told the lock's folder once
+(:func:`share_device`); on a host without that folder (another Ray node) it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from jetson_agent.quiet import DeviceLock
+
+_lock: DeviceLock | None = None
+
+
+def share_device(folder: Path | None) -> None:
+    """Pause this process's steps while the agent whose lock lives in ``folder`` times; None
+    (a remote agent), or a folder this host lacks, turns pausing off."""
+    global _lock
+    if _lock is not None:
+        _lock.close()
+    _lock = DeviceLock(str(folder)) if folder is not None and folder.is_dir() else None
+
+
+@contextlib.contextmanager
+def step() -> Iterator[None]:
+    """One step of compute that must not overlap a measurement on this host."""
+    if _lock is None:
+        yield
+        return
+    with _lock.working():
+        yield

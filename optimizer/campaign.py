@@ -47,8 +47,10 @@ from .study import (
     metric_label,
     open_study,
     record,
+    reference_drift,
+    reference_jobs,
 )
-from .study_note import name_objectives, write_note
+from .study_note import name_objectives, speedup, write_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -236,6 +238,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         "accuracy_metric": metric_label(base.user_attrs if base else {}),
         "baseline": None,
         "best": None,
+        "reference": reference_drift(reference_jobs(trials)),
     }
     if base is not None:
         summary["baseline"] = {
@@ -252,6 +255,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
             "accuracy": best.user_attrs["accuracy"],
             "latency_ms": best.user_attrs["latency_ms"],
             "speedup": best.user_attrs["speedup"],
+            "speedup_ci": best.user_attrs.get("speedup_ci"),
             "accuracy_drop": best.user_attrs["accuracy_drop"],
         }
     return summary
@@ -268,7 +272,8 @@ def _status_line(study: optuna.Study) -> str:
     if best is not None:
         attrs = best.user_attrs
         line += (
-            f" · best #{best.number}: {attrs['latency_ms']:.3f} ms ({attrs['speedup']:.2f}×, "
+            f" · best #{best.number}: {attrs['latency_ms']:.3f} ms "
+            f"({speedup(attrs['speedup'], attrs.get('speedup_ci'))}, "
             f"drop {attrs['accuracy_drop'] * 100:+.1f} pt)"
         )
     return line

@@ -37,7 +37,10 @@ from .study import (
     counted_trials,
     load_existing_study,
     metric_label,
+    reference_drift,
+    reference_jobs,
 )
+from .study_note import drift_line, speedup
 
 USER_ERRORS = (
     CampaignError,
@@ -72,7 +75,7 @@ def _fmt_trial(trial: FrozenTrial) -> list[str]:
     return [
         str(trial.number),
         f"{attrs.get('latency_ms', float('nan')):.3f}",
-        f"{attrs.get('speedup', float('nan')):.2f}×",
+        speedup(attrs.get("speedup"), attrs.get("speedup_ci")),
         f"{attrs.get('accuracy', float('nan')) * 100:.2f}",
         f"{attrs.get('accuracy_drop', float('nan')) * 100:+.2f}",
         "yes" if attrs.get("feasible") else "no",
@@ -87,7 +90,8 @@ def _short(value: Any) -> str:
 def trials_table(title: str, trials: list[FrozenTrial]) -> Table:
     table = Table(title=title)
     label = metric_label(trials[0].user_attrs) if trials else "top-1"
-    for column in ("trial", "p50 ms", "speedup", f"{label} %", "drop pt", "feasible", "params"):
+    columns = ("trial", "p50 ms", "speedup [95 %]", f"{label} %", "drop pt", "feasible", "params")
+    for column in columns:
         table.add_column(column, justify="left" if column == "params" else "right")
     for trial in trials:
         table.add_row(*_fmt_trial(trial))
@@ -109,7 +113,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if best:
         console.print(
             f"[green]best feasible: trial {best['trial']}[/]: p50 {best['latency_ms']:.3f} ms, "
-            f"{best['speedup']:.2f}× faster, {summary['accuracy_metric']} "
+            f"{speedup(best['speedup'], best['speedup_ci'])} faster (paired, 95 % interval), "
+            f"{summary['accuracy_metric']} "
             f"{best['accuracy'] * 100:.2f}% "
             f"(drop {best['accuracy_drop'] * 100:+.2f} pt, budget "
             f"{summary['max_accuracy_drop'] * 100:.2f} pt)"
@@ -117,6 +122,13 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print("  params: " + json.dumps(best["params"], sort_keys=True))
     else:
         console.print("[yellow]no feasible candidate yet[/]")
+    print_drift(console, summary["reference"])
+
+
+def print_drift(console: Console, drift: dict[str, Any] | None) -> None:
+    """The reference's latency over the campaign: red when it drifted past the limit."""
+    style = "bold red" if drift is not None and drift["flagged"] else "dim"
+    console.print(f"[{style}]reference latency: {drift_line(drift)}[/]", soft_wrap=True)
 
 
 @click.command()
@@ -246,7 +258,8 @@ def status(campaign_file: Path, top: int) -> None:
     )
     base = baseline_trial(study)
     if base is not None:
-        console.print(trials_table("baseline", [base]))
+        console.print(trials_table("baseline (timed against itself)", [base]))
+    print_drift(console, reference_drift(reference_jobs(study.get_trials(deepcopy=False))))
     best = best_feasible(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = sorted(

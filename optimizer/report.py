@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
 from .study import BASELINE_ATTR, baseline_trial
-from .study_note import digest, ms, pct, points, speedup
+from .study_note import digest, drift_line, ms, pct, points, speedup
 
 PNG_FILES = {
     "scatter": "latency_accuracy.png",
@@ -51,6 +51,7 @@ def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "latency_ms": attrs.get("latency_ms"),
         "accuracy": attrs.get("accuracy"),
         "speedup": attrs.get("speedup"),
+        "speedup_ci": attrs.get("speedup_ci"),
         "accuracy_drop": attrs.get("accuracy_drop"),
         "feasible": bool(attrs.get("feasible")),
         "params_count": attrs.get("params_count"),
@@ -454,10 +455,12 @@ def _summary_html(data: dict[str, Any]) -> str:
             (
                 "best feasible",
                 f"trial {best['trial']}: {metric} {ms(best['latency_ms'])} "
-                f"({speedup(best['speedup'])}), {score} {pct(best['accuracy'])} "
+                f"({speedup(best['speedup'], best['speedup_ci'])}), "
+                f"{score} {pct(best['accuracy'])} "
                 f"(drop {points(best['accuracy_drop'])}); {params}",
             )
         )
+    items.append(("reference latency", drift_line(data["reference"])))
     items.append(
         (
             "trials",
@@ -473,7 +476,15 @@ def _summary_html(data: dict[str, Any]) -> str:
 def _trials_html(data: dict[str, Any]) -> str:
     front = set(data["pareto_front"])
     latency = f"{data['metric']} ms"
-    columns = ("trial", latency, "speedup", data["accuracy_metric"], "drop", "feasible", "Pareto")
+    columns = (
+        "trial",
+        latency,
+        "speedup [95 %]",
+        data["accuracy_metric"],
+        "drop",
+        "feasible",
+        "Pareto",
+    )
     head = "".join(f"<th>{h}</th>" for h in (*columns, "params"))
     rows = []
     for r in sorted(data["complete_trials"], key=lambda r: r["trial"]):
@@ -481,7 +492,7 @@ def _trials_html(data: dict[str, Any]) -> str:
         cells = [
             str(r["trial"]),
             f"{r['latency_ms']:.3f}",
-            speedup(r["speedup"]),
+            speedup(r["speedup"], r["speedup_ci"]),
             pct(r["accuracy"]),
             points(r["accuracy_drop"]),
             "yes" if r["feasible"] else "no",

@@ -20,12 +20,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
 from .study import (
+    DRIFT_LIMIT,
     INTERRUPTED_ATTR,
     RETRIED_ATTR,
     baseline_trial,
     best_feasible,
     counted_trials,
     metric_label,
+    reference_drift,
+    reference_jobs,
 )
 
 _log = logging.getLogger("vitopt.study_note")
@@ -96,6 +99,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
         "device": None,
         "baseline": None,
         "best": None,
+        "reference": reference_drift(reference_jobs(snapshot.get_trials())),
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if base is not None:
@@ -110,6 +114,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
             "trial": base.number,
             "accuracy": attrs.get("accuracy"),
             "latency_ms": attrs.get("latency_ms"),
+            "speedup_ci": attrs.get("speedup_ci"),  # timed against itself: the noise left
         }
     if best is not None:
         result["best"] = _candidate(best)
@@ -124,6 +129,7 @@ def _candidate(trial: FrozenTrial) -> dict[str, Any]:
         "latency_ms": attrs.get("latency_ms"),
         "accuracy": attrs.get("accuracy"),
         "speedup": attrs.get("speedup"),
+        "speedup_ci": attrs.get("speedup_ci"),
         "accuracy_drop": attrs.get("accuracy_drop"),
         "params": dict(trial.params),
     }
@@ -143,8 +149,31 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
-def speedup(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}×"
+def speedup(value: float | None, interval: list[float] | None = None) -> str:
+    """A paired speedup with its 95 % interval, as every view prints it: 1.42× [1.40–1.45]."""
+    if value is None:
+        return "-"
+    if not interval:
+        return f"{value:.2f}×"
+    return f"{value:.2f}× [{interval[0]:.2f}–{interval[1]:.2f}]"
+
+
+def drift_line(reference: dict[str, Any] | None) -> str:
+    """The reference's latency over the campaign, and whether it drifted."""
+    if reference is None:
+        return "fewer than two jobs so far"
+    line = (
+        f"median {reference['median_ms']:.3f} ms over {reference['jobs']} jobs; drift "
+        f"{reference['drift'] * 100:+.1f} % (last {reference['window']} jobs against the "
+        f"first {reference['window']})"
+    )
+    if reference["flagged"]:
+        line += (
+            f": beyond ±{DRIFT_LIMIT * 100:.0f} %, the device changed during the campaign "
+            "(throttling, clocks, another tenant); speedups stay paired, absolute latencies "
+            "do not compare"
+        )
+    return line
 
 
 def _param(value: Any) -> str:
@@ -191,6 +220,18 @@ def render_note(summary: dict[str, Any]) -> str:
         lines.append(f"### Baseline: trial {base['trial']}")
         lines.append("")
         lines.append(f"{score} **{pct(base['accuracy'])}**, {metric} **{ms(base['latency_ms'])}**")
+        if base["speedup_ci"]:
+            low, high = base["speedup_ci"]
+            lines.append("")
+            lines.append(
+                f"Every job times its candidate paired with the baseline's model; the baseline "
+                f"timed against itself gave [{low:.3f}–{high:.3f}], the noise a speedup's 95 % "
+                "interval carries."
+            )
+    lines.append("")
+    reference = summary["reference"]
+    warn = "**Drift**: " if reference is not None and reference["flagged"] else ""
+    lines.append(f"- {warn}**Reference latency**: {drift_line(reference)}")
     lines.append("")
 
     best = summary["best"]
@@ -199,10 +240,11 @@ def render_note(summary: dict[str, Any]) -> str:
     else:
         lines.append(f"### Best feasible: trial {best['trial']}")
         lines.append("")
+        shown = speedup(best["speedup"], best["speedup_ci"])
         lines.append(
-            f"{metric} **{ms(best['latency_ms'])}** (**{speedup(best['speedup'])}** the "
-            f"baseline's speed), {score} **{pct(best['accuracy'])}** (drop "
-            f"{points(best['accuracy_drop'])})"
+            f"{metric} **{ms(best['latency_ms'])}** (**{shown}** the baseline's speed, paired, "
+            f"95 % interval), {score} **{pct(best['accuracy'])}** "
+            f"(drop {points(best['accuracy_drop'])})"
         )
         lines.append("")
         if best["is_baseline"]:

@@ -367,12 +367,17 @@ def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ..
         raise click.ClickException(f"rebuild failed: {outcome.attrs.get('fail_reason')}")
     shutil.copy(outcome.artifacts["model.onnx"], out / "model.onnx")
     shutil.copy(outcome.artifacts["measurement.json"], out / "measurement.json")
+    recorded = {
+        k: trial.user_attrs.get(k) for k in ("accuracy", "latency_ms", "speedup", "speedup_ci")
+    }
     report = {
         "campaign": campaign.name,
         "trial": trial.number,
         "params": trial.user_attrs[RESOLVED_PARAMS_ATTR],
-        "recorded": {k: trial.user_attrs.get(k) for k in ("accuracy", "latency_ms", "speedup")},
-        "rebuilt": {k: outcome.attrs.get(k) for k in ("accuracy", "latency_p50_ms", "speedup")},
+        "recorded": recorded,
+        "rebuilt": {
+            k: outcome.attrs.get(k) for k in ("accuracy", "latency_p50_ms", "speedup", "speedup_ci")
+        },
         "attrs": outcome.attrs,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -381,7 +386,9 @@ def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ..
         f"trial {trial.number} rebuilt in {out}: {metric_label(outcome.attrs)} "
         f"{outcome.attrs['accuracy'] * 100:.2f}% "
         f"(recorded {trial.user_attrs.get('accuracy', float('nan')) * 100:.2f}%), "
-        f"p50 {outcome.attrs['latency_p50_ms']:.3f} ms"
+        f"p50 {outcome.attrs['latency_p50_ms']:.3f} ms, "
+        f"{speedup(outcome.attrs['speedup'], outcome.attrs.get('speedup_ci'))} the baseline's "
+        f"speed (recorded {speedup(recorded['speedup'], recorded['speedup_ci'])})"
     )
 
 

@@ -11,7 +11,16 @@ from optuna.trial import TrialState
 from optimizer.campaign import CampaignFailed, check_device_type
 from optimizer.config import load_campaign
 from optimizer.pipeline import TrialOutcome
-from optimizer.study import artifact_store, best_feasible, open_study, record
+from optimizer.study import (
+    artifact_store,
+    best_feasible,
+    open_study,
+    record,
+    reference_drift,
+    reference_jobs,
+)
+
+REFERENCE_MS = 3.0  # the reference's latency in every job of these outcomes
 
 
 def _campaign(tmp_path: Path, mode: str = "latency", memory: float | None = None):
@@ -26,17 +35,25 @@ def _campaign(tmp_path: Path, mode: str = "latency", memory: float | None = None
     return load_campaign(path)
 
 
+def _paired(latency: float, reference_ms: float = REFERENCE_MS, at: float = 0.0) -> dict:
+    """What a paired measurement leaves in a trial's attributes for a candidate of
+    ``latency`` against a reference of ``reference_ms``."""
+    return {
+        "speedup": reference_ms / latency,
+        "reference_jobs": [{"at": at, "latency_ms": reference_ms}],
+    }
+
+
 def _complete(number: int, latency: float, accuracy: float, drop: float, memory: float = 100):
     return TrialOutcome(
         number,
         "COMPLETE",
-        latency,
-        accuracy,
+        accuracy=accuracy,
         attrs={
             "accuracy": accuracy,
             "accuracy_drop": drop,
-            "speedup": 2.0,
             "peak_memory_mb": memory,
+            **_paired(latency, at=number),
         },
     )
 
@@ -55,7 +72,7 @@ def test_latency_mode_constraints_and_best_feasible(in_tmp: Path) -> None:
         _complete(1, 1.0, 0.90, 0.05),  # fastest, but over the accuracy budget
         _complete(2, 2.0, 0.94, 0.01),
         _complete(3, 1.5, 0.95, 0.0, memory=200),  # over the memory budget
-        TrialOutcome(4, "PRUNED", 4.0, attrs={"pruned_reason": "latency first"}),
+        TrialOutcome(4, "PRUNED", attrs={"pruned_reason": "latency first", **_paired(4.0)}),
         TrialOutcome(5, "FAIL", attrs={"fail_reason": "agent: build_failed"}),
     ]
     for outcome in outcomes:
@@ -74,6 +91,45 @@ def test_latency_mode_constraints_and_best_feasible(in_tmp: Path) -> None:
     assert trials[4].constraints["0"] > 0  # unknown accuracy is never feasible
     assert best_feasible(study).number == 2
     assert trials[4].user_attrs["latency_ms"] == 4.0
+    assert "latency_ms" not in trials[5].user_attrs
+
+
+def test_the_objective_is_the_campaigns_reference_latency_over_the_paired_speedup(
+    in_tmp: Path,
+) -> None:
+    """Trials timed while the device drifts compare by their paired speedups: each value is
+    the median reference latency so far over the trial's speedup, not its absolute time."""
+    campaign = _campaign(in_tmp)
+    study, store = open_study(campaign), artifact_store(campaign)
+    # The device slows by 30 % after trial 1: references and candidates alike.
+    for number, reference_ms, speedup in (
+        (0, 2.0, 1.0),
+        (1, 2.0, 2.0),
+        (2, 2.6, 2.0),
+        (3, 2.6, 4.0),
+    ):
+        outcome = _complete(number, reference_ms / speedup, 0.9, 0.0)
+        outcome.attrs.update(_paired(reference_ms / speedup, reference_ms, at=float(number)))
+        record(study, study.ask(), outcome, campaign, store)
+    values = [t.values[0] for t in study.trials]
+    # Medians of the reference so far: 2.0, 2.0, 2.0, 2.3.
+    assert values == pytest.approx([2.0, 1.0, 1.0, 2.3 / 4.0])
+    assert [t.user_attrs["reference_latency_ms"] for t in study.trials] == pytest.approx(
+        [2.0, 2.0, 2.0, 2.3]
+    )
+    assert best_feasible(study).number == 3  # the fastest by its speedup, not by its 0.65 ms
+    drift = reference_drift(reference_jobs(study.trials))
+    assert drift["window"] == 2 and drift["first_ms"] == 2.0 and drift["recent_ms"] == 2.6
+    assert drift["drift"] == pytest.approx(0.3) and drift["flagged"]
+
+
+def test_no_drift_is_flagged_within_the_limit_and_none_before_two_jobs() -> None:
+    jobs = [{"at": float(i), "latency_ms": 2.0 + 0.02 * (i % 3)} for i in range(12)]
+    drift = reference_drift(jobs)
+    assert drift["window"] == 5 and not drift["flagged"] and abs(drift["drift"]) < 0.02
+    assert reference_drift(jobs[:1]) is None
+    slow = [*jobs, *({"at": 20.0 + i, "latency_ms": 2.4} for i in range(5))]
+    assert reference_drift(slow)["flagged"]  # the last five are 20 % slower than the first
 
 
 def test_pareto_mode_records_latency_and_accuracy(in_tmp: Path) -> None:

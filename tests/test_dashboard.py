@@ -268,7 +268,10 @@ def test_note_written_by_the_driver_matches_the_study(finished: Finished) -> Non
     assert f"top-1 **{pct(battrs['accuracy'])}**, p50 **{ms(battrs['latency_ms'])}**" in note
     attrs = best.user_attrs
     assert f"### Best feasible: trial {best.number}" in note
-    assert f"p50 **{ms(attrs['latency_ms'])}** (**{speedup(attrs['speedup'])}**" in note
+    assert (
+        f"p50 **{ms(attrs['latency_ms'])}** (**{speedup(attrs['speedup'], attrs['speedup_ci'])}**"
+        in note
+    )
     assert f"top-1 **{pct(attrs['accuracy'])}** (drop {points(attrs['accuracy_drop'])})" in note
     complete = len(study.get_trials(states=(TrialState.COMPLETE,)))
     pruned = len(study.get_trials(states=(TrialState.PRUNED,)))

@@ -138,12 +138,13 @@ class Agent(object):
         ours, theirs = self._model_inputs(model_sha), self._model_inputs(reference)
         if ours is None or theirs is None:  # unreadable here: the job reports the model itself
             return None
-        candidate, other = ours.signature(spec), theirs.signature(spec.for_reference())
-        if candidate != other:
+        reference_spec = spec.for_reference()
+        if ours.signature(spec) != theirs.signature(reference_spec):
             return (
                 "reference_mismatch",
-                "the reference is fed %s but the candidate %s (shape, ONNX element type): "
-                "time a candidate against a reference of the same inputs" % (other, candidate),
+                "the reference takes %s but the candidate %s: a paired job times two models fed "
+                "the same inputs (shapes and element types, in input order)"
+                % (theirs.describe(reference_spec), ours.describe(spec)),
             )
         return None
 
@@ -177,13 +178,17 @@ class Agent(object):
     def _immediate_result(self, model_sha, spec):
         """A result known without measuring: a precision this device lacks, or one cached."""
         supported = self.precisions
-        if spec.precision not in supported:
-            return {
-                "status": errors.UNSUPPORTED_PRECISION,
-                "message": "precision %s is not supported by %s on %s (supported: %s)"
-                % (spec.precision, self.backend.name, self.device, ", ".join(supported)),
-                "cache": {"result_hit": False, "engine_hit": False},
-            }
+        asked = [("precision", spec.precision)]
+        if spec.paired:  # else a backend without its own check would time it at another one
+            asked.append(("the reference's precision", spec.reference["precision"]))
+        for what, precision in asked:
+            if precision not in supported:
+                return {
+                    "status": errors.UNSUPPORTED_PRECISION,
+                    "message": "%s %s is not supported by %s on %s (supported: %s)"
+                    % (what, precision, self.backend.name, self.device, ", ".join(supported)),
+                    "cache": {"result_hit": False, "engine_hit": False},
+                }
         if not spec.use_cache:
             return None
         cached = self.cache.get_result(

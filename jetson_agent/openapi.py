@@ -2,7 +2,21 @@
 
 from . import __version__
 from .errors import STATUSES
-from .spec import MAX_DURATION_S, MAX_ITERATIONS, MAX_REPEATS, PRECISIONS
+from .spec import (
+    DEFAULT_PAIRED_BLOCK_ITERATIONS,
+    DEFAULT_PAIRED_MAX_TIME_S,
+    DEFAULT_PAIRED_MIN_REPEAT_MS,
+    DEFAULT_PAIRED_ROUNDS,
+    DEFAULT_RATIO_CI,
+    MAX_DURATION_S,
+    MAX_ITERATIONS,
+    MAX_REPEAT_MS,
+    MAX_REPEATS,
+    MAX_ROUNDS,
+    PRECISIONS,
+)
+
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 _ERROR = {
     "description": "error",
@@ -33,11 +47,78 @@ def openapi_document():
                 "type": "object",
                 "additionalProperties": {"type": "array", "items": {"type": "integer"}},
             },
-            "warmup": {"type": "integer", "minimum": 0, "default": 10},
-            "iterations": {"type": "integer", "minimum": 1, "maximum": MAX_ITERATIONS},
-            "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
-            "repeats": {"type": "integer", "minimum": 1, "maximum": MAX_REPEATS, "default": 3},
-            "cv_threshold": {"type": "number", "default": 0.05},
+            "warmup": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS, "default": 10},
+            "iterations": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_ITERATIONS,
+                "description": "timed iterations per repeat (default 100, unless duration_s is "
+                "given); in a paired job the least iterations of a block (default %d)"
+                % DEFAULT_PAIRED_BLOCK_ITERATIONS,
+            },
+            "duration_s": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": MAX_DURATION_S,
+                "description": "time each repeat for this long instead of a number of "
+                "iterations; not with iterations, nor in a paired job",
+            },
+            "repeats": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_ROUNDS,
+                "description": "timed runs (default 3, at most %d); in a paired job the least "
+                "number of rounds (default %d, at most %d)"
+                % (MAX_REPEATS, DEFAULT_PAIRED_ROUNDS, MAX_ROUNDS),
+            },
+            "cv_threshold": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 10,
+                "default": 0.05,
+                "description": "an unpaired job re-measures once when its CV is above this",
+            },
+            "reference": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["model_sha256"],
+                "description": "makes the job paired: this model (one the agent holds, fed the "
+                "same inputs as the candidate) is timed in blocks alternating with the "
+                "candidate's, in one process, and the result carries their speedup with an "
+                "interval (Result.paired). Unknown: 404 unknown_reference; other inputs: 400 "
+                "reference_mismatch",
+                "properties": {
+                    "model_sha256": _SHA256,
+                    "precision": {"type": "string", "enum": list(PRECISIONS), "default": "fp32"},
+                },
+            },
+            "min_repeat_ms": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_REPEAT_MS,
+                "description": "the least milliseconds a block (paired, default %g) or a repeat "
+                "in iteration mode (unpaired, default 0: off) lasts; iterations are added, sized "
+                "from a calibration run after the warm-up. 0 turns it off"
+                % DEFAULT_PAIRED_MIN_REPEAT_MS,
+            },
+            "ratio_ci": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "paired jobs only (default %g): rounds go on, after repeats, until "
+                "the 95 %% interval's half-width is within this fraction of the speedup, or "
+                "max_time_s; 0: exactly repeats rounds" % DEFAULT_RATIO_CI,
+            },
+            "max_time_s": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": MAX_DURATION_S,
+                "description": "paired jobs only (default %g): the time cap of the rounds "
+                "towards ratio_ci (the run timeout still applies)" % DEFAULT_PAIRED_MAX_TIME_S,
+            },
             "build_timeout_s": {"type": "number", "description": "capped by the agent's own"},
             "run_timeout_s": {"type": "number", "description": "capped by the agent's own"},
             "use_cache": {
@@ -53,6 +134,72 @@ def openapi_document():
             (name, {"type": "number"})
             for name in ("count", "mean", "std", "cv", "min", "max", "p50", "p90", "p99")
         ),
+    }
+    paired = {
+        "type": "object",
+        "description": "a paired job's timing: the candidate's blocks are the result's "
+        "samples_ms, the reference's are here; speedup = median over rounds of median(reference "
+        "block) / median(candidate block), with the distribution-free order-statistics interval "
+        "of that median, re-derivable from the samples",
+        "properties": {
+            "reference": {
+                "type": "object",
+                "properties": {
+                    "model_sha256": _SHA256,
+                    "precision": {"type": "string", "enum": list(PRECISIONS)},
+                    "latency_ms": {"$ref": "#/components/schemas/Stats"},
+                    "samples_ms": {
+                        "type": "array",
+                        "description": "one list per block (round)",
+                        "items": {"type": "array", "items": {"type": "number"}},
+                    },
+                    "build": {"type": "object"},
+                },
+            },
+            "rounds": {"type": "integer"},
+            "block_iterations": {
+                "type": "object",
+                "properties": {
+                    "candidate": {"type": "integer"},
+                    "reference": {"type": "integer"},
+                },
+            },
+            "interval_method": {"type": "string"},
+            "target_halfwidth": {"type": "number", "description": "the spec's ratio_ci"},
+            "target_met": {"type": "boolean"},
+            "stopped_by": {"type": "string", "enum": ["target", "time_cap", "rounds"]},
+            "timed_s": {"type": "number", "description": "seconds of rounds"},
+            "blocks": {
+                "type": "array",
+                "description": "the timeline, in order (epoch seconds)",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "round": {"type": "integer"},
+                        "model": {"type": "string", "enum": ["candidate", "reference"]},
+                        "started_at": {"type": "number"},
+                        "ended_at": {"type": "number"},
+                        "count": {"type": "integer"},
+                    },
+                },
+            },
+            "speedup": {"type": "number", "description": "> 1: the candidate is faster"},
+            "speedup_ci": {
+                "type": "array",
+                "items": {"type": "number"},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            "confidence": {
+                "type": "number",
+                "description": "the interval's exact coverage (>= 0.95 from 6 rounds on)",
+            },
+            "halfwidth": {
+                "type": "number",
+                "description": "(high - low) / 2 / speedup, compared with target_halfwidth",
+            },
+            "round_ratios": {"type": "array", "items": {"type": "number"}},
+        },
     }
     return {
         "openapi": "3.0.3",
@@ -80,6 +227,11 @@ def openapi_document():
                 },
                 "Spec": spec_schema,
                 "Stats": stats,
+                "Paired": paired,
+                "StoredModel": {
+                    "type": "object",
+                    "properties": {"model_sha256": _SHA256},
+                },
                 "Result": {
                     "type": "object",
                     "properties": {
@@ -95,7 +247,19 @@ def openapi_document():
                             "items": {"type": "array", "items": {"type": "number"}},
                         },
                         "remeasured": {"type": "boolean"},
+                        "remeasure_reason": {"type": "string", "nullable": True},
                         "other_attempt": {"type": "object", "nullable": True},
+                        "stable": {
+                            "type": "boolean",
+                            "description": "unpaired: CV within cv_threshold; paired: target_met",
+                        },
+                        "paired": {"$ref": "#/components/schemas/Paired"},
+                        "quiet_lock_wait_s": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "seconds the run phase waited for co-located steps "
+                            "(agent started with --quiet-lock), else null",
+                        },
                         "build": {"type": "object"},
                         "cache": {"type": "object"},
                         "peak_memory_mb": {"type": "number"},
@@ -161,12 +325,50 @@ def openapi_document():
                     },
                     "responses": {
                         "202": _json_response("queued (or answered from cache)", "Job"),
-                        "400": _ERROR,
+                        "400": dict(
+                            _ERROR,
+                            description="bad_request, bad_json, bad_spec, or "
+                            "reference_mismatch: the spec's reference is fed other inputs "
+                            "(shapes, element types) than the candidate",
+                        ),
                         "401": _ERROR,
-                        "404": _ERROR,
+                        "404": dict(
+                            _ERROR,
+                            description="unknown_model (model_sha256 not held: send the model) "
+                            "or unknown_reference (spec.reference not held: POST /v1/models)",
+                        ),
                         "411": _ERROR,
                         "413": _ERROR,
                         "415": _ERROR,
+                    },
+                }
+            },
+            "/v1/models": {
+                "post": {
+                    "summary": "Store a model without measuring it (a paired job's reference)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "stored (or already held); Location: "
+                            "/v1/models/{sha256}",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/StoredModel"}
+                                }
+                            },
+                        },
+                        "400": dict(_ERROR, description="bad_request: an empty body"),
+                        "401": _ERROR,
+                        "411": _ERROR,
+                        "413": dict(_ERROR, description="payload_too_large (--max-upload-mb)"),
                     },
                 }
             },
@@ -203,6 +405,8 @@ def openapi_document():
                     ],
                     "responses": {
                         "200": {"description": "present"},
+                        "400": {"description": "not a lowercase sha256 hex digest"},
+                        "401": {"description": "missing or wrong bearer token"},
                         "404": {"description": "absent"},
                     },
                 }

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .agent_client import AgentClient, AgentError, MeasurementFailed
+from .agent_client import AgentClient, AgentError, MeasurementFailed, Reference
 
 TOKEN_ENV = "VITOPT_AGENT_TOKEN"
 
@@ -60,6 +60,18 @@ def result_table(result: dict[str, Any]) -> Table:
         table.add_row(f"{key} (ms)", _fmt(latency[key]))
     table.add_row("CV", f"{latency['cv'] * 100:.2f} %")
     table.add_row("iterations", str(latency["count"]))
+    paired = result.get("paired")
+    if paired:
+        reference = paired["reference"]["latency_ms"]
+        table.add_row(
+            f"reference p50 (ms), {paired['reference']['precision']}", _fmt(reference["p50"])
+        )
+        table.add_row("reference iterations", str(reference["count"]))
+        blocks = paired["block_iterations"]
+        table.add_row(
+            "rounds",
+            f"{paired['rounds']} (blocks of {blocks['candidate']} / {blocks['reference']})",
+        )
     if result.get("remeasured"):
         table.add_row("re-measured", result["remeasure_reason"])
     table.add_row("build time (s)", _fmt(result["build"]["time_s"]))
@@ -74,6 +86,25 @@ def result_table(result: dict[str, Any]) -> Table:
     table.add_row("energy above idle (mJ/inf)", _fmt(power.get("energy_per_inference_mj")))
     table.add_row("settings", result["build"]["command"])
     return table
+
+
+def speedup_line(paired: dict[str, Any]) -> str:
+    """One line for a paired result: the speedup, its interval, and how the rounds stopped, e.g.
+    ``speedup 1.42× [1.40, 1.45] (95.9 % interval, 24 rounds, target ±2 % met)``."""
+    low, high = paired["speedup_ci"]
+    target = paired.get("target_halfwidth") or 0
+    if not target:
+        outcome = "no target"
+    elif paired["target_met"]:
+        outcome = f"target ±{target * 100:g} % met"
+    elif paired["stopped_by"] == "time_cap":
+        outcome = f"target ±{target * 100:g} % not met in {paired['timed_s']:.0f} s"
+    else:
+        outcome = f"target ±{target * 100:g} % not met in {paired['rounds']} rounds"
+    return (
+        f"speedup {paired['speedup']:.2f}× [{low:.2f}, {high:.2f}] "
+        f"({paired['confidence'] * 100:.1f} % interval, {paired['rounds']} rounds, {outcome})"
+    )
 
 
 @click.group()
@@ -115,8 +146,44 @@ def ping(url: str, token_file: Path | None, as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--input-shape", help="full input shape, e.g. 1x3x224x224 (for dynamic models)")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    help="timed iterations per repeat  [default: 100; paired: at least 10 per block]",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    help="timed repeats  [default: 3; paired: at least 10 rounds]",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="time MODEL against this ONNX model (same inputs) in alternating blocks, and print the "
+    "speedup with its 95 % interval (uploaded when the agent lacks it)",
+)
+@click.option(
+    "--reference-precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+)
+@click.option(
+    "--ratio-ci",
+    type=click.FloatRange(min=0, max=1),
+    help="paired: go on until the interval is within ± this fraction of the speedup "
+    "[default: 0.02]; 0 runs exactly --repeats rounds",
+)
+@click.option(
+    "--max-time-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="paired: time cap of the rounds towards --ratio-ci  [default: 30]",
+)
+@click.option(
+    "--min-repeat-ms",
+    type=click.FloatRange(min=0),
+    help="least ms of a block (paired, default 50) or of a repeat (default 0: off)",
+)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
 @_token
 @_json
@@ -127,20 +194,32 @@ def measure(
     batch_size: int,
     input_shape: str | None,
     warmup: int,
-    iterations: int,
-    repeats: int,
+    iterations: int | None,
+    repeats: int | None,
+    reference: Path | None,
+    reference_precision: str,
+    ratio_ci: float | None,
+    max_time_s: float | None,
+    min_repeat_ms: float | None,
     timeout: float,
     token_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Measure the ONNX MODEL on the agent at URL and print its latency statistics."""
-    spec: dict[str, Any] = {
-        "precision": precision,
-        "batch_size": batch_size,
-        "warmup": warmup,
+    """Measure the ONNX MODEL on the agent at URL and print its latency statistics; with
+    --reference, its speedup over that model too, timed side by side."""
+    if reference is None:
+        for name, value in (("--ratio-ci", ratio_ci), ("--max-time-s", max_time_s)):
+            if value is not None:
+                raise click.UsageError(f"{name} applies to paired jobs: give --reference too")
+    spec: dict[str, Any] = {"precision": precision, "batch_size": batch_size, "warmup": warmup}
+    optional = {
         "iterations": iterations,
         "repeats": repeats,
+        "ratio_ci": ratio_ci,
+        "max_time_s": max_time_s,
+        "min_repeat_ms": min_repeat_ms,
     }
+    spec.update({key: value for key, value in optional.items() if value is not None})
     if input_shape:
         try:
             spec["input_shape"] = [int(d) for d in input_shape.lower().split("x")]
@@ -157,7 +236,8 @@ def measure(
                 where = f" (position {job['queue_position']})" if job.get("queue_position") else ""
                 status.update(f"{job['state']}{where}…")
 
-            result = client.measure(model, spec, on_update=show)
+            paired_with = Reference(reference, reference_precision) if reference else None
+            result = client.measure(model, spec, on_update=show, reference=paired_with)
     except MeasurementFailed as exc:
         if as_json:
             click.echo(json.dumps(exc.result, indent=2))
@@ -166,5 +246,7 @@ def measure(
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
-        Console().print(result_table(result))
+        return
+    Console().print(result_table(result))
+    if result.get("paired"):
+        click.echo(speedup_line(result["paired"]))

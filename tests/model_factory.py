@@ -8,9 +8,9 @@ import onnx
 from onnx import TensorProto, helper
 
 
-def export_tiny_vit(path: Path, img_size: int = 32) -> Path:
+def export_tiny_vit(path: Path, img_size: int = 32, depth: int = 2) -> Path:
     """A timm ViT small enough to time in milliseconds on a CPU (random weights: only the
-    architecture matters for latency)."""
+    architecture matters for latency; more ``depth`` makes a slower model of the same inputs)."""
     import timm
     import torch
 
@@ -21,7 +21,7 @@ def export_tiny_vit(path: Path, img_size: int = 32) -> Path:
         pretrained=False,
         img_size=img_size,
         patch_size=4,
-        depth=2,
+        depth=depth,
         num_classes=10,
     )
     return export_onnx(model, torch.randn(1, 3, img_size, img_size), path)

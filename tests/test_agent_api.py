@@ -103,6 +103,7 @@ def test_openapi_document_describes_every_route(agent: RunningAgent) -> None:
         "/v1/info",
         "/v1/jobs",
         "/v1/jobs/{job_id}",
+        "/v1/models",
         "/v1/models/{sha256}",
         "/v1/openapi.json",
     }

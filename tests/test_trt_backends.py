@@ -48,7 +48,9 @@ from jetson_agent.errors import (
     OutOfMemory,
     UnsupportedPrecision,
 )
+from jetson_agent.paired import time_paired
 from jetson_agent.spec import MeasureSpec
+from jetson_agent.stats import median
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 
@@ -77,6 +79,8 @@ def option(name):
 
 mode = "help" if "--help" in args else ("build" if option("--onnx") else "run")
 step = config[mode]
+if mode == "run":  # a paired job runs two engines: each may replay its own recording
+    step = config.get("run_by_engine", {{}}).get(option("--loadEngine"), step)
 with open(config["pid_file"], "w") as handle:
     handle.write(str(os.getpid()))
 sys.stdout.write(open(step["stdout"]).read())
@@ -119,6 +123,12 @@ class FakeTrtexec:
         for key, value in extra.items():
             step[key] = str(FIXTURES / value) if key == "times" else value
         self.config[mode] = step
+        self.save()
+
+    def on_engine(self, engine_path, stdout, times):
+        """Runs of this engine replay their own recording (the other engines' stay as set)."""
+        step = {"stdout": str(FIXTURES / stdout), "times": str(FIXTURES / times)}
+        self.config.setdefault("run_by_engine", {})[str(engine_path)] = step
         self.save()
 
     def save(self):
@@ -482,6 +492,54 @@ def test_export_that_disagrees_with_the_log_is_an_infra_error(tmp_path, model_fi
         session.close()
 
 
+def test_paired_job_alternates_trtexec_runs_of_the_two_engines(tmp_path, model_file):
+    """A paired job over trtexec: alternating trtexec runs, one process per block, each given
+    the spec's warm-up (trtexec starts cold every time). The candidate's engine replays the
+    Nano recording (~90 ms), the reference's the TensorRT 10 one (~111 ms)."""
+    fake, backend = make_backend(tmp_path, ORIN, "trt10_orin_version.txt")
+    fake.on("run", "trt82_nano_run.txt", times="trt82_nano_times.json")
+    engines = {name: tmp_path / f"{name}.engine" for name in ("candidate", "reference")}
+    for engine in engines.values():
+        engine.write_bytes(b"built earlier")
+    fake.on_engine(engines["reference"], "trt10_run.txt", times="trt10_times.json")
+    measure = spec(
+        reference={"model_sha256": "b" * 64},
+        warmup=4,
+        iterations=20,
+        repeats=4,
+        ratio_ci=0,
+        min_repeat_ms=0,
+    )
+    candidate, _ = backend.prepare(model_file, STATIC, measure, str(engines["candidate"]))
+    reference, _ = backend.prepare(
+        model_file, STATIC, measure.for_reference(), str(engines["reference"])
+    )
+    assert candidate.cold_start is True
+    try:
+        blocks, paired = time_paired(candidate, reference, measure)
+    finally:
+        candidate.close()
+        reference.close()
+    assert fake.calls_of("build") == []
+    runs = fake.calls_of("run")
+    loaded = [argv[0].split("=", 1)[1] for argv in runs]
+    c, r = str(engines["candidate"]), str(engines["reference"])
+    # Calibration of each, then rounds: C R | R C | C R | R C.
+    assert loaded == [c, r, c, r, r, c, c, r, r, c]
+    assert [argv[2] for argv in runs[:2]] == ["--iterations=9"] * 2  # warm-up + 5
+    assert all(argv[1:3] == ["--warmUp=0", "--iterations=24"] for argv in runs[2:])
+    nano = fixture_computes("trt82_nano_times.json")[2:][4:24]  # 8.2 exports 2 warm-ups too
+    ten = fixture_computes("trt10_times.json")[4:24]
+    assert blocks == [nano] * 4
+    assert paired["reference"]["samples_ms"] == [ten] * 4
+    expected = median(ten) / median(nano)
+    assert 1.2 < expected < 1.3  # ~111 ms against ~90 ms
+    assert paired["round_ratios"] == [expected] * 4
+    assert paired["speedup"] == expected and paired["speedup_ci"] == [expected, expected]
+    rounds = [("candidate", "reference"), ("reference", "candidate")] * 2
+    assert [b["model"] for b in paired["blocks"]] == [name for pair in rounds for name in pair]
+
+
 # ------------------------------------------------------------------------------------------------
 # trtexec failures -> typed errors
 
@@ -806,6 +864,68 @@ def test_v2_session_times_each_iteration_with_events():
     finally:
         session.close()
     assert ("close",) in cuda.calls
+
+
+class TaggedCuda(FakeCuda):
+    """A stand-in CUDA runtime whose every timed iteration takes ``ms`` and is logged with
+    the session's name, so that the order of two sessions' iterations can be read back."""
+
+    def __init__(self, name, ms, log):
+        FakeCuda.__init__(self)
+        self.tag, self.ms, self.log = name, ms, log
+
+    def elapsed_ms(self, start, end):
+        self.log.append(self.tag)
+        return self.ms
+
+
+class V3EngineWithContexts(V3Engine):
+    def create_execution_context(self):
+        return V3Context()
+
+
+def test_paired_job_holds_two_python_api_engines_at_once():
+    log = []
+    cudas = {"candidate": TaggedCuda("C", 1.5, log), "reference": TaggedCuda("R", 3.0, log)}
+    sessions = {
+        name: TensorRTSession(
+            TRT_STANDIN,
+            (10, 3, 0),
+            V3EngineWithContexts(),
+            cuda,
+            {"input": [1, 3, 32, 32], "ids": [1, 8]},
+            _Obj(lines=[]),
+        )
+        for name, cuda in cudas.items()
+    }
+    measure = spec(
+        reference={"model_sha256": "b" * 64},
+        warmup=2,
+        iterations=4,
+        repeats=4,
+        ratio_ci=0,
+        min_repeat_ms=0,
+    )
+    try:
+        assert sessions["candidate"].cold_start is False
+        blocks, paired = time_paired(sessions["candidate"], sessions["reference"], measure)
+        # Both engines stayed loaded, with their buffers, through all the rounds.
+        for cuda in cudas.values():
+            assert not [call for call in cuda.calls if call[0] == "free"]
+        # Warm-up only before the calibration (2 + 5), then 4 rounds of 4: a warm session
+        # needs none per block.
+        assert [len(s.context.enqueued) for s in sessions.values()] == [2 + 5 + 16] * 2
+    finally:
+        for session in sessions.values():
+            session.close()
+    rounds = ["CR", "RC", "CR", "RC"]
+    assert log == list("C" * 5 + "R" * 5) + [
+        tag for order in rounds for tag in order for _ in "1234"
+    ]
+    assert blocks == [[1.5] * 4] * 4
+    assert paired["speedup"] == 2.0 and paired["speedup_ci"] == [2.0, 2.0]
+    for cuda in cudas.values():
+        assert len([c for c in cuda.calls if c[0] == "free"]) == 3  # freed at close, each
 
 
 def test_unbuildable_shapes_are_reported_not_allocated():

@@ -8,6 +8,21 @@ typed errors of ``jetson_agent.errors``; they never print to stdout, which carri
 protocol between the job process and the agent.
 """
 
+# ONNX TensorProto element types by number, for messages (the onnx package is optional here).
+ELEM_TYPE_NAMES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+}
+
 
 class ModelInputs(object):
     """What the agent learned about the model's inputs before building it."""
@@ -25,6 +40,20 @@ class ModelInputs(object):
         models can be timed side by side only when their signatures are equal."""
         shapes = self.resolved_shapes(spec)
         return [(shapes[name], elem) for name, _shape, elem in self.inputs]
+
+    def describe(self, spec):
+        # type: (...) -> str
+        """The inputs fed for a spec, for messages: ``input 1x3x224x224 float32, ...``."""
+        shapes = self.resolved_shapes(spec)
+        return ", ".join(
+            "%s %s %s"
+            % (
+                name,
+                "x".join(str(d) for d in shapes[name]),
+                ELEM_TYPE_NAMES.get(elem, "type %s" % elem),
+            )
+            for name, _shape, elem in self.inputs
+        )
 
     def resolved_shapes(self, spec):
         # type: (...) -> Dict[str, List[int]]

@@ -70,6 +70,17 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
         assert names == {"model.onnx", "measurement.json"}
         assert attrs["node_id"] and attrs["hostname"]  # where the Ray task ran
         assert [job["status"] for job in attrs["agent_jobs"]][-1] == "ok"
+        # Timed paired with the baseline's model: the objective is the campaign's reference
+        # latency over the speedup, which its interval brackets (the baseline's is 1 by
+        # definition, its interval the A/A job's).
+        low, high = attrs["speedup_ci"]
+        assert low <= high and (trial.number == 0 or low <= attrs["speedup"] <= high)
+        assert trial.values[0] == pytest.approx(attrs["reference_latency_ms"] / attrs["speedup"])
+        measured = json.loads(
+            Path(f"runs/tiny/trials/{trial.number:05d}/measurement.json").read_text()
+        )
+        assert measured["paired"]["rounds"] >= 6
+        assert measured["quiet_lock_wait_s"] is not None  # the embedded agent paused the trials
     pruned_models = [t for t in complete if t.params.get("prune.method", "none") != "none"]
     for trial in pruned_models:
         assert trial.user_attrs["params_count"] < baseline.user_attrs["params_count"]

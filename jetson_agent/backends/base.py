@@ -8,7 +8,8 @@ typed errors of ``jetson_agent.errors``; they never print to stdout, which carri
 protocol between the job process and the agent.
 """
 
-# ONNX TensorProto element types by number, for messages (the onnx package is optional here).
+# ONNX TensorProto element types by number, as numpy dtype names: for messages, and for the
+# inputs a backend feeds (the onnx package is optional here).
 ELEM_TYPE_NAMES = {
     1: "float32",
     2: "uint8",
@@ -20,7 +21,6 @@ ELEM_TYPE_NAMES = {
     9: "bool",
     10: "float16",
     11: "float64",
-    16: "bfloat16",
 }
 
 

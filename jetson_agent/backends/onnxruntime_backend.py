@@ -11,20 +11,8 @@ import time
 
 from ..errors import BuildFailed, InvalidModel, OutOfMemory, UnsupportedPrecision
 from ..model_check import INT8_OPS
-from .base import Backend, BuildInfo, Session
+from .base import ELEM_TYPE_NAMES, Backend, BuildInfo, Session
 
-# onnx TensorProto elem_type → numpy dtype name.
-_ELEM_TYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-}
 _ORT_TYPES = {
     "tensor(float)": 1,
     "tensor(uint8)": 2,
@@ -169,7 +157,7 @@ class OnnxRuntimeBackend(Backend):
         rng = numpy.random.RandomState(0)
         feeds = {}
         for name, _shape, elem in model.inputs:
-            dtype = _ELEM_TYPES.get(elem, "float32")
+            dtype = ELEM_TYPE_NAMES.get(elem, "float32")
             feeds[name] = rng.standard_normal(shapes[name]).astype(dtype)
         command = (
             "onnxruntime.InferenceSession(%s, providers=%s, graph_optimization_level=%s, "

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -604,7 +605,197 @@ def trainer_throughput(
     return info
 
 
-PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {"a": part_a}
+# -- part (b): a whole campaign, then a quiet paired re-measurement of what it recorded --------
+
+REPO = Path(__file__).resolve().parent.parent
+WINNER_ERROR_TARGET = 0.05
+WINNER_GAP_TARGET = 0.03
+
+
+def run_campaign_once(args: argparse.Namespace, folder: Path) -> tuple[Path, float | None]:
+    """``vitopt run CAMPAIGN`` as README command 1 runs it, from ``folder`` (where ``runs/``
+    lands), with the code of ``--code`` (this checkout by default: another one, e.g. an older
+    commit's worktree, measures its recorded speedups the same way). With ``--campaign-dir``
+    an earlier run is read instead. Returns the folder holding ``runs/`` and the wall time."""
+    if args.campaign_dir is not None:
+        return Path(args.campaign_dir).resolve(), None
+    folder.mkdir(parents=True, exist_ok=True)
+    code = Path(args.code).resolve()
+    env = dict(os.environ, PYTHONPATH=str(code))
+    command = [sys.executable, "-m", "optimizer", "run", str(Path(args.campaign).resolve())]
+    log(f"part b: {' '.join(command)} (code {code}, in {folder}) …")
+    started = time.monotonic()
+    with open(folder / "campaign.log", "w") as output:
+        done = subprocess.run(command, cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the campaign failed ({done.returncode}): see {folder / 'campaign.log'}"
+        )
+    log(f"  campaign done in {wall:.0f} s")
+    return folder, wall
+
+
+class OrtTimer:
+    """One model in onnxruntime in this process, one thread, timed run by run: the
+    re-measurement shares no code with the agent's timing."""
+
+    def __init__(self, path: Path, block_ms: float):
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = self.session.get_inputs()[0]
+        shape = [d if isinstance(d, int) else 1 for d in feed.shape]
+        self.feeds = {feed.name: np.random.default_rng(0).standard_normal(shape, np.float32)}
+        for _ in range(20):  # warm-up
+            self.session.run(None, self.feeds)
+        per_run_ms = statistics.median(self.block(5))
+        self.runs = max(10, math.ceil(block_ms / max(per_run_ms, 1e-3)))
+
+    def block(self, runs: int | None = None) -> list[float]:
+        samples = []
+        for _ in range(runs or self.runs):
+            start = time.perf_counter()
+            self.session.run(None, self.feeds)
+            samples.append((time.perf_counter() - start) * 1000.0)
+        return samples
+
+
+def remeasure(
+    baseline: Path, models: dict[int, Path], rounds: int, block_ms: float, seed: int
+) -> dict[int, dict[str, Any]]:
+    """Every model against the baseline's, quiet, in one process: each round times a block of
+    the baseline and one of the model, in alternating order, for every model in a shuffled
+    order; a model's speedup is the median of its round ratios, with the order-statistics 95 %
+    interval."""
+    from jetson_agent.stats import median_interval
+
+    base = OrtTimer(baseline, block_ms)
+    timers = {number: OrtTimer(path, block_ms) for number, path in models.items()}
+    ratios: dict[int, list[float]] = {number: [] for number in timers}
+    order = list(timers)
+    shuffle = random.Random(seed)
+    for round_number in range(rounds):
+        shuffle.shuffle(order)
+        for number in order:
+            if round_number % 2 == 0:
+                ref, cand = base.block(), timers[number].block()
+            else:
+                cand, ref = timers[number].block(), base.block()
+            ratios[number].append(statistics.median(ref) / statistics.median(cand))
+        if round_number % 10 == 9:
+            log(f"  re-measured {round_number + 1}/{rounds} rounds")
+    result = {}
+    for number, values in ratios.items():
+        low, high, coverage = median_interval(values)
+        result[number] = {
+            "speedup": statistics.median(values),
+            "speedup_ci": [low, high],
+            "confidence": coverage,
+        }
+    return result
+
+
+def part_b(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState
+
+    from optimizer.config import load_campaign
+    from optimizer.study import best_feasible
+
+    campaign = load_campaign(args.campaign)
+    where, wall = run_campaign_once(args, folder / "campaign")
+    runs = where / "runs" / campaign.name
+    study = optuna.load_study(study_name=campaign.name, storage=f"sqlite:///{runs / 'study.db'}")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    base = next(t for t in complete if t.user_attrs.get("baseline"))
+    candidates = [t for t in complete if t.number != base.number]
+    model = runs / "trials" / "{:05d}" / "model.onnx"
+    log(f"part b: re-measuring {len(candidates)} completed candidates against trial {base.number}")
+    meter = ForeignCpu([])
+    again = remeasure(
+        Path(str(model).format(base.number)),
+        {t.number: Path(str(model).format(t.number)) for t in candidates},
+        args.rounds,
+        args.block_ms,
+        args.seed,
+    )
+    cpu = meter.stop()
+    rows = []
+    for trial in candidates:
+        attrs = trial.user_attrs
+        measured = again[trial.number]
+        rows.append(
+            {
+                "trial": trial.number,
+                "feasible": bool(attrs.get("feasible")),
+                "params": dict(trial.params),
+                "mac_ratio": base.user_attrs["macs"] / attrs["macs"],
+                "recorded_speedup": attrs["speedup"],
+                "recorded_speedup_ci": attrs.get("speedup_ci"),  # absent before paired jobs
+                "remeasured_speedup": measured["speedup"],
+                "remeasured_speedup_ci": measured["speedup_ci"],
+                "recorded_error": attrs["speedup"] / measured["speedup"] - 1.0,
+            }
+        )
+    winner = best_feasible(study)
+    feasible = [r for r in rows if r["feasible"]]
+    best_again = max(feasible, key=lambda r: r["remeasured_speedup"], default=None)
+    summary: dict[str, Any] = {
+        "complete_candidates": len(rows),
+        "feasible_candidates": len(feasible),
+        "kendall_tau_recorded_vs_remeasured": kendall_tau(
+            [r["recorded_speedup"] for r in rows], [r["remeasured_speedup"] for r in rows]
+        ),
+        "median_abs_recorded_error": statistics.median(abs(r["recorded_error"]) for r in rows)
+        if rows
+        else None,
+        "above_mac_ratio": [
+            r["trial"] for r in rows if r["remeasured_speedup_ci"][0] > r["mac_ratio"]
+        ],
+        "winner": None,
+        "remeasured_best_feasible": best_again["trial"] if best_again else None,
+    }
+    if winner is not None and winner.number != base.number:
+        row = next(r for r in rows if r["trial"] == winner.number)
+        gap = row["remeasured_speedup"] / best_again["remeasured_speedup"] - 1.0
+        summary["winner"] = {
+            "trial": winner.number,
+            "recorded_speedup": row["recorded_speedup"],
+            "remeasured_speedup": row["remeasured_speedup"],
+            "error": row["recorded_error"],
+            "within_5pct": abs(row["recorded_error"]) <= WINNER_ERROR_TARGET,
+            "is_remeasured_best_feasible": winner.number == best_again["trial"],
+            "gap_to_remeasured_best_feasible": gap,
+            "within_3pct_of_best": gap >= -WINNER_GAP_TARGET,
+        }
+    return {
+        "campaign": str(args.campaign),
+        "code": str(Path(args.code).resolve()),
+        "campaign_wall_s": None if wall is None else round(wall, 1),
+        "runs": str(runs),
+        "baseline_trial": base.number,
+        "remeasure": {
+            "rounds": args.rounds,
+            "block_ms": args.block_ms,
+            "ort_threads": 1,
+            "cpu": cpu,
+            "how": "onnxruntime in the bench's own process (not the agent), each model's "
+            "blocks interleaved with the baseline model's, order alternating per round",
+        },
+        "summary": summary,
+        "trials": rows,
+    }
+
+
+PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
+    "a": part_a,
+    "b": part_b,
+}
 
 
 def main() -> None:
@@ -633,6 +824,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="weights and pass order (default 0)")
     parser.add_argument(
         "--quick", action="store_true", help="3 demo models, 2 quiet passes (a smoke run)"
+    )
+    parser.add_argument(
+        "--campaign",
+        default=str(REPO / "search_spaces" / "demo_digits.yaml"),
+        help="part b: the campaign to run (default the demo)",
+    )
+    parser.add_argument(
+        "--code",
+        default=str(REPO),
+        help="part b: the checkout whose vitopt runs the campaign (default this one)",
+    )
+    parser.add_argument(
+        "--campaign-dir", help="part b: read the campaign already run in DIR (DIR/runs/NAME)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=30, help="part b: re-measurement rounds (default 30)"
+    )
+    parser.add_argument(
+        "--block-ms", type=float, default=50.0, help="part b: least ms of a block (default 50)"
     )
     parser.add_argument("--trainer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trainer-lock", help=argparse.SUPPRESS)
@@ -663,7 +873,17 @@ def main() -> None:
                 "load_avg": {"start": load_start, "end": load_avg()},
                 "options": {
                     key: getattr(args, key)
-                    for key in ("quiet_jobs", "models", "max_time_s", "trainer_alone_s", "seed")
+                    for key in (
+                        "quiet_jobs",
+                        "models",
+                        "max_time_s",
+                        "trainer_alone_s",
+                        "seed",
+                        "campaign",
+                        "code",
+                        "rounds",
+                        "block_ms",
+                    )
                 },
                 "ort_threads": 1,
                 "wall_s": round(time.monotonic() - started, 1),

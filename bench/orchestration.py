@@ -52,7 +52,7 @@ from optimizer.agent_pool import AgentPool
 from optimizer.campaign import Setup, drive
 from optimizer.config import Campaign
 from optimizer.executor import make_executor
-from optimizer.pipeline import ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.pipeline import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
 from optimizer.plugin_manager import build_plugin_manager, collect_techniques
 from optimizer.search_space import build_search_space
 from optimizer.study import BASELINE_ATTR, counted_trials, open_study
@@ -99,16 +99,13 @@ def calibrate(trial_s: float) -> dict[str, Any]:
 
 
 def fake_result(number: int, baseline: dict[str, float] | None) -> tuple[float, float]:
-    """Latency and accuracy of a made-up candidate, reproducible per trial number: mostly
-    faster than the baseline, mostly within the accuracy budget, so the study looks like a
-    real search to the sampler and to best-feasible tracking."""
+    """Paired speedup and accuracy of a made-up candidate, reproducible per trial number:
+    mostly faster than the baseline, mostly within the accuracy budget, so the study looks like
+    a real search to the sampler and to best-feasible tracking."""
     if baseline is None:
-        return BASELINE_LATENCY_MS, BASELINE_ACCURACY
+        return 1.0, BASELINE_ACCURACY
     rng = random.Random(number)
-    return (
-        baseline["latency_ms"] * rng.uniform(0.3, 1.1),
-        baseline["accuracy"] - rng.uniform(0.0, 0.6),
-    )
+    return 1.0 / rng.uniform(0.3, 1.1), baseline["accuracy"] - rng.uniform(0.0, 0.6)
 
 
 def synthetic_trial(
@@ -121,17 +118,23 @@ def synthetic_trial(
     started = time.time()
     spin(loops)
     finished = time.time()
-    latency_ms, accuracy = fake_result(request.number, request.baseline)
-    base = request.baseline or {"latency_ms": latency_ms, "accuracy": accuracy}
+    speedup, accuracy = fake_result(request.number, request.baseline)
+    base = request.baseline or {"accuracy": accuracy}
+    # The deployable file every later job would be timed against (the driver looks for the
+    # baseline's); never sent to an agent here.
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    model = request.work_dir / "model.onnx"
+    model.write_bytes(b"synthetic")
     return TrialOutcome(
         request.number,
         "COMPLETE",
-        latency_ms=latency_ms,
+        artifacts={"model.onnx": str(model)},
         accuracy=accuracy,
         attrs={
             "accuracy": accuracy,
             "accuracy_drop": base["accuracy"] - accuracy,
-            "speedup": base["latency_ms"] / latency_ms,
+            "speedup": speedup,
+            REFERENCE_JOBS_ATTR: [{"at": finished, "latency_ms": BASELINE_LATENCY_MS}],
             "bench_pid": os.getpid(),
             "bench_started": started,
             "bench_finished": finished,
@@ -186,6 +189,7 @@ def bench_setup(campaign: Campaign, checkpoint: Path) -> Setup:
         space=space,
         checkpoint=checkpoint,
         manager=manager,
+        quiet_lock=None,
     )
 
 

@@ -159,14 +159,13 @@ def record(
         if step not in reported:
             trial.report(value, step)
     attrs = dict(outcome.attrs)
+    latency = None
     if "speedup" in attrs and outcome.state != "FAIL":
         # The objective: the campaign's reference latency over the paired speedup, so trials
         # timed at different moments (the device drifting between them) compare as ratios do.
-        jobs = reference_jobs(study.get_trials(deepcopy=False)) + outcome.attrs[REFERENCE_JOBS_ATTR]
+        jobs = reference_jobs(study.get_trials(deepcopy=False)) + attrs[REFERENCE_JOBS_ATTR]
         attrs["reference_latency_ms"] = reference_latency_ms(jobs)
-        outcome.latency_ms = attrs["reference_latency_ms"] / attrs["speedup"]
-    if outcome.latency_ms is not None:
-        attrs["latency_ms"] = outcome.latency_ms
+        latency = attrs["latency_ms"] = attrs["reference_latency_ms"] / attrs["speedup"]
     constraints = constraint_values(campaign, outcome)
     attrs["feasible"] = outcome.state == "COMPLETE" and all(c <= 0 for c in constraints.values())
     for key, value in attrs.items():
@@ -179,9 +178,9 @@ def record(
     if outcome.state == "COMPLETE":
         for path in outcome.artifacts.values():
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
-        values: Any = outcome.latency_ms
+        values: Any = latency
         if campaign.objective.mode == "pareto":
-            values = [outcome.latency_ms, outcome.accuracy]
+            values = [latency, outcome.accuracy]
         return study.tell(trial, values)
     state = TrialState.PRUNED if outcome.state == "PRUNED" else TrialState.FAIL
     return study.tell(trial, state=state)

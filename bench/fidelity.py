@@ -1,11 +1,12 @@
 """Measurement fidelity: how steady and how well ranked speedups are, paired vs unpaired.
 
-Part (a), the measurement itself (later parts reuse this file's helpers). Ten demo-size timm
-ViTs (``vit_tiny_patch16_224`` at img 32, patch 4, depth 2-6, width 64-192, so their MACs
-differ; random weights) and one larger one (depth 10, width 256: about 7 ms at p50 on one
-thread here), each exported with ``optimizer.export.export_onnx`` and measured against one
-fixed mid-size reference (depth 4, width 128, mlp 3) by a real loopback agent (onnxruntime,
-``JETSON_AGENT_ORT_THREADS=1``), ``use_cache: false`` throughout, two ways in one run:
+Part (a), the measurement itself. Ten demo-size timm ViTs shaped like a campaign's candidates
+(``vit_tiny_patch16_224`` at img 32, patch 4: the demo baseline's 4 blocks, width 128 and 4
+heads, with MLP ratios 4 down to 1, so neighbouring speedups are a few percent apart; random
+weights) and one larger one (depth 10, width 256: about 7 ms at p50 on one thread here), each
+exported with ``optimizer.export.export_onnx`` and measured against the unpruned geometry
+(MLP ratio 4) by a real loopback agent (onnxruntime, ``JETSON_AGENT_ORT_THREADS=1``),
+``use_cache: false`` throughout, two ways in one run:
 
 * after, the paired job: ``AgentClient.measure(model, spec, reference=Reference(ref))``, with
   the agent's paired defaults (``ratio_ci`` 0.02, 10 rounds at least, 50 ms blocks) but
@@ -100,21 +101,16 @@ class Arch:
         )
 
 
-# Ten demo-size architectures, MACs from about 6 M to 180 M, and a larger one (about 530 M).
+# Ten demo-size architectures as a campaign's candidates are: the demo baseline's geometry
+# (4 blocks, width 128, 4 heads) with its MLPs pruned step by step, so neighbouring speedups
+# are a few percent apart and a ranking error shows in Kendall's tau; and a larger model
+# (about 7 ms). The reference is the unpruned one, as in a campaign.
 DEMO_ARCHS = [
-    Arch("d2-e64-m2", 2, 64, 2, 2),
-    Arch("d2-e96-m2", 2, 96, 3, 2),
-    Arch("d3-e96-m3", 3, 96, 3, 3),
-    Arch("d3-e128-m2", 3, 128, 4, 2),
-    Arch("d4-e128-m2", 4, 128, 4, 2),
-    Arch("d4-e128-m4", 4, 128, 4, 4),
-    Arch("d5-e128-m4", 5, 128, 4, 4),
-    Arch("d5-e160-m4", 5, 160, 5, 4),
-    Arch("d6-e160-m4", 6, 160, 5, 4),
-    Arch("d6-e192-m4", 6, 192, 6, 4),
+    Arch(f"d4-e128-m{ratio:g}", 4, 128, 4, ratio)
+    for ratio in (4.0, 3.5, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75, 1.5, 1.0)
 ]
 LARGE_ARCH = Arch("d10-e256-m4", 10, 256, 8, 4)
-REFERENCE_ARCH = Arch("ref-d4-e128-m3", 4, 128, 4, 3)
+REFERENCE_ARCH = Arch("ref-d4-e128-m4", 4, 128, 4, 4)
 TRAINER_ARCH = Arch("trainer-d4-e128-m4", 4, 128, 4, 4)
 
 
@@ -700,6 +696,69 @@ def remeasure(
     return result
 
 
+def recorded_speedup(trial: Any, base: Any) -> float:
+    """The speedup the search acted on. Before paired jobs a trial cut after its probe kept
+    only the probe's absolute latency, to be read against the baseline's."""
+    attrs = trial.user_attrs
+    if "speedup" in attrs:
+        return attrs["speedup"]
+    return base.user_attrs["latency_ms"] / attrs["probe_latency_ms"]
+
+
+def rebuild_cut_models(
+    campaign: Any, where: Path, base: Any, trials: list[Any], folder: Path
+) -> dict[int, Path]:
+    """The models of cut trials whose run kept none (before cut trials kept theirs), rebuilt by
+    this checkout's pipeline from their recorded parameters: pruned from the campaign's cached
+    baseline, exported and quantized as the trial did, then cut after the probe (a cut no
+    candidate passes), so nothing is trained. Their MACs are checked against the record."""
+    from rich.console import Console
+
+    from optimizer.agent_client import Reference
+    from optimizer.agent_pool import AgentPool
+    from optimizer.campaign import agent_endpoint, baseline_reference, prepare
+    from optimizer.pipeline import TrialRequest, run_trial
+
+    console = Console(stderr=True, quiet=True)
+    models: dict[int, Path] = {}
+    previous = Path.cwd()
+    # The campaign's runs/ (its cached baseline) are relative to the working directory; not
+    # ``where`` itself, whose own jetson_agent/ (a checkout's) would start as the agent.
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "runs" / campaign.name).symlink_to(where / "runs" / campaign.name)
+    os.chdir(folder)
+    try:
+        with agent_endpoint(campaign, console) as endpoint:
+            setup = prepare(campaign, console, endpoint)
+            reference: Reference = baseline_reference(campaign, base)
+            for trial in trials:
+                log(f"  rebuilding cut trial {trial.number}")
+                outcome = run_trial(
+                    TrialRequest(
+                        campaign=campaign,
+                        number=trial.number,
+                        params=dict(trial.user_attrs["resolved_params"]),
+                        checkpoint=setup.checkpoint,
+                        agents=AgentPool(*setup.pool_args()),
+                        agent_token=None,
+                        device_info=setup.device_info,
+                        work_dir=folder / f"rebuilt-{trial.number:05d}",
+                        baseline={"accuracy": base.user_attrs["accuracy"]},
+                        reference=reference,
+                        cut_speedup=math.inf,
+                    )
+                )
+                if outcome.attrs.get("macs") != trial.user_attrs.get("macs"):
+                    raise RuntimeError(
+                        f"trial {trial.number} rebuilt with {outcome.attrs.get('macs')} MACs, "
+                        f"recorded {trial.user_attrs.get('macs')}: not the model it timed"
+                    )
+                models[trial.number] = Path(outcome.artifacts["model.onnx"])
+    finally:
+        os.chdir(previous)
+    return models
+
+
 def part_b(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
@@ -713,47 +772,64 @@ def part_b(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     study = optuna.load_study(study_name=campaign.name, storage=f"sqlite:///{runs / 'study.db'}")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     base = next(t for t in complete if t.user_attrs.get("baseline"))
-    candidates = [t for t in complete if t.number != base.number]
+    cut = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if str(t.user_attrs.get("pruned_reason", "")).startswith("latency first")
+    ]
+    candidates = [t for t in complete if t.number != base.number] + cut
     model = runs / "trials" / "{:05d}" / "model.onnx"
-    log(f"part b: re-measuring {len(candidates)} completed candidates against trial {base.number}")
+    models = {t.number: Path(str(model).format(t.number)) for t in candidates}
+    missing = [t for t in cut if not models[t.number].exists()]
+    rebuilt = rebuild_cut_models(campaign, where, base, missing, folder) if missing else {}
+    models.update(rebuilt)
+    log(
+        f"part b: re-measuring {len(candidates)} candidates ({len(cut)} cut after their probe, "
+        f"{len(rebuilt)} rebuilt) against trial {base.number}"
+    )
     meter = ForeignCpu([])
     again = remeasure(
-        Path(str(model).format(base.number)),
-        {t.number: Path(str(model).format(t.number)) for t in candidates},
-        args.rounds,
-        args.block_ms,
-        args.seed,
+        Path(str(model).format(base.number)), models, args.rounds, args.block_ms, args.seed
     )
     cpu = meter.stop()
     rows = []
     for trial in candidates:
         attrs = trial.user_attrs
         measured = again[trial.number]
+        recorded = recorded_speedup(trial, base)
         rows.append(
             {
                 "trial": trial.number,
+                "state": trial.state.name,
                 "feasible": bool(attrs.get("feasible")),
                 "params": dict(trial.params),
                 "mac_ratio": base.user_attrs["macs"] / attrs["macs"],
-                "recorded_speedup": attrs["speedup"],
+                "recorded_speedup": recorded,
                 "recorded_speedup_ci": attrs.get("speedup_ci"),  # absent before paired jobs
                 "remeasured_speedup": measured["speedup"],
                 "remeasured_speedup_ci": measured["speedup_ci"],
-                "recorded_error": attrs["speedup"] / measured["speedup"] - 1.0,
+                "recorded_error": recorded / measured["speedup"] - 1.0,
+                "rebuilt": trial.number in rebuilt,
             }
         )
     winner = best_feasible(study)
     feasible = [r for r in rows if r["feasible"]]
     best_again = max(feasible, key=lambda r: r["remeasured_speedup"], default=None)
+    done = [r for r in rows if r["state"] == "COMPLETE"]
     summary: dict[str, Any] = {
-        "complete_candidates": len(rows),
+        "complete_candidates": len(done),
+        "cut_candidates": len(cut),
         "feasible_candidates": len(feasible),
         "kendall_tau_recorded_vs_remeasured": kendall_tau(
             [r["recorded_speedup"] for r in rows], [r["remeasured_speedup"] for r in rows]
         ),
+        "kendall_tau_complete_only": kendall_tau(
+            [r["recorded_speedup"] for r in done], [r["remeasured_speedup"] for r in done]
+        ),
         "median_abs_recorded_error": statistics.median(abs(r["recorded_error"]) for r in rows)
         if rows
         else None,
+        "max_abs_recorded_error": max((abs(r["recorded_error"]) for r in rows), default=None),
         "above_mac_ratio": [
             r["trial"] for r in rows if r["remeasured_speedup_ci"][0] > r["mac_ratio"]
         ],
@@ -773,6 +849,13 @@ def part_b(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "gap_to_remeasured_best_feasible": gap,
             "within_3pct_of_best": gap >= -WINNER_GAP_TARGET,
         }
+        # A cut candidate is lost for good: it was wrongly cut when it is in fact faster than
+        # the winner (whether it would have kept its accuracy is unknown: it was never trained).
+        summary["cut_but_faster_than_winner"] = [
+            r["trial"]
+            for r in rows
+            if r["state"] == "PRUNED" and r["remeasured_speedup"] > row["remeasured_speedup"]
+        ]
     return {
         "campaign": str(args.campaign),
         "code": str(Path(args.code).resolve()),

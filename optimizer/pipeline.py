@@ -254,6 +254,7 @@ def _run(
             f"latency first: its speedup, {probe['speedup']:.3f}× [{low:.3f}, {high:.3f}], is "
             f"below the best feasible {cut:.3f}×, so no fine-tuning was spent on it"
         )
+        _keep(outcome, artifact, result, work)  # what was cut, as it was timed
         return
     before = _fingerprint(model)
     for technique in stages["train"]:
@@ -305,7 +306,15 @@ def _run(
         # says how much noise a candidate's interval carries.
         outcome.attrs["speedup"] = 1.0
         outcome.attrs["accuracy_drop"] = 0.0
-    deployed = work / "model.onnx"  # the name a reviewer downloads, whatever stage wrote it
+    _keep(outcome, artifact, result, work)
+
+
+def _keep(
+    outcome: TrialOutcome, artifact: OnnxArtifact, result: dict[str, Any], work: Path
+) -> None:
+    """The files a reviewer downloads: the model as timed (under one name, whatever stage wrote
+    it) and its measurement report."""
+    deployed = work / "model.onnx"
     shutil.copyfile(artifact.path, deployed)
     report_path = work / "measurement.json"
     report_path.write_text(json.dumps(result, indent=1))

@@ -175,9 +175,10 @@ def record(
     )
     if study.user_attrs.get(CONSTRAINT_NAMES_ATTR) != list(constraints):
         study.set_user_attr(CONSTRAINT_NAMES_ATTR, list(constraints))
-    if outcome.state == "COMPLETE":
+    if outcome.state != "FAIL":  # complete, or cut after its probe: the model as timed
         for path in outcome.artifacts.values():
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+    if outcome.state == "COMPLETE":
         values: Any = latency
         if campaign.objective.mode == "pareto":
             values = [latency, outcome.accuracy]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from optimizer.campaign import CampaignFailed, check_device_type
@@ -92,6 +93,24 @@ def test_latency_mode_constraints_and_best_feasible(in_tmp: Path) -> None:
     assert best_feasible(study).number == 2
     assert trials[4].user_attrs["latency_ms"] == 4.0
     assert "latency_ms" not in trials[5].user_attrs
+
+
+def test_a_cut_trial_keeps_the_model_it_was_timed_with(in_tmp: Path) -> None:
+    campaign = _campaign(in_tmp)
+    study, store = open_study(campaign), artifact_store(campaign)
+    model = in_tmp / "model.onnx"
+    model.write_bytes(b"onnx")
+    cut = TrialOutcome(
+        0,
+        "PRUNED",
+        attrs={"pruned_reason": "latency first", **_paired(4.0)},
+        artifacts={"model.onnx": str(model)},
+    )
+    failed = TrialOutcome(1, "FAIL", artifacts={"model.onnx": str(model)})
+    for outcome in (cut, failed):
+        record(study, study.ask(), outcome, campaign, store)
+    kept = [get_all_artifact_meta(t, storage=study._storage) for t in study.trials]
+    assert [[meta.filename for meta in metas] for metas in kept] == [["model.onnx"], []]
 
 
 def test_the_objective_is_the_campaigns_reference_latency_over_the_paired_speedup(

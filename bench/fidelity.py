@@ -28,6 +28,17 @@ alone for ``--trainer-alone-s`` seconds, which gives their undisturbed throughpu
     .venv/bin/python bench/fidelity.py [--part a] [--quick] [--quiet-jobs 5] [--max-time-s 5]
         [--trainer-alone-s 10] [--seed 0]
 
+Part (b), a whole campaign: ``vitopt run search_spaces/demo_digits.yaml`` as README command 1
+runs it (``--campaign-dir DIR`` reads one already run there, ``--code CHECKOUT`` runs another
+checkout's code), then every completed candidate and every one the latency-first cut stopped
+is re-measured against the baseline's model, quiet, by onnxruntime in this process (no agent
+code), ``--rounds`` rounds of ``--block-ms`` blocks. Cut candidates of a run that kept no
+model for them are rebuilt from their recorded parameters (MACs checked). ``parts.b.summary``:
+Kendall's tau of recorded vs re-measured speedups, the recorded errors, the winner's error and
+its gap to the re-measured best feasible candidate, and cut candidates faster than the winner.
+
+    .venv/bin/python bench/fidelity.py --part b [--campaign-dir DIR --campaign FILE --code DIR]
+
 How to read the JSON (``parts.a``): ``models[*]`` has each model's MACs (and ``mac_ratio`` =
 reference MACs / model MACs), and for ``paired`` and ``unpaired`` the quiet speedups (``quiet``,
 one per job, with ``median``, ``cv`` = stdev / mean across the quiet jobs, ``min``, ``max``)

@@ -487,6 +487,41 @@ with open(log, "a") as out:
 """
 
 
+# The campaign's own training loop on that host (``optimizer.training.train_epochs`` told the
+# lock's folder by ``optimizer.colocation``, as a trial is): each step logs its loss call.
+TRAINER = """
+import json, os, sys, time
+from pathlib import Path
+import torch
+from optimizer import colocation
+from optimizer.training import train_epochs
+
+folder, log, stop = sys.argv[1:4]
+colocation.share_device(Path(folder))
+torch.set_num_threads(1)
+model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+batches = [(torch.randn(64, 64), torch.randint(0, 10, (64,))) for _ in range(20)]
+out = open(log, "a")
+
+class Stop(Exception):
+    pass
+
+def loss(logits, inputs, labels):
+    if os.path.exists(stop):
+        raise Stop
+    start = time.time()
+    value = torch.nn.functional.cross_entropy(logits, labels)
+    out.write(json.dumps([start, time.time()]) + "\\n")
+    out.flush()
+    return value
+
+try:
+    train_epochs(model, batches, loss, epochs=100000, lr=1e-3)
+except Stop:
+    pass
+"""
+
+
 def _steps(log: Path) -> list[list[float]]:
     if not log.exists():
         return []
@@ -500,13 +535,14 @@ def _wait_for(condition, timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("script", [WORKER, TRAINER], ids=["lock-steps", "train-epochs"])
 def test_co_located_steps_pause_while_a_paired_job_times(
-    paired_agent: RunningAgent, lock_dir: Path, shas: dict[str, str], tmp_path: Path
+    paired_agent: RunningAgent, lock_dir: Path, shas: dict[str, str], tmp_path: Path, script: str
 ) -> None:
     log, stop = tmp_path / "steps.jsonl", tmp_path / "stop"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(lock_dir), str(log), str(stop)], env=env
+        [sys.executable, "-c", script, str(lock_dir), str(log), str(stop)], env=env
     )
     try:
         _wait_for(lambda: len(_steps(log)) >= 5)

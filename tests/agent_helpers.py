@@ -50,6 +50,15 @@ class RunningAgent:
     def stop(self) -> None:
         stop_local_agent(self.process)
 
+    def wait_done(self, job_id: str, polls: int = 120) -> dict:
+        """Long-poll the job (5 s a poll) until it is done."""
+        for _ in range(polls):
+            status, job, _ = self.request("GET", f"/v1/jobs/{job_id}?wait=5")
+            assert status == 200
+            if job["state"] == "done":
+                return job
+        raise AssertionError("job never finished")
+
 
 def start_agent(tmp: Path, *args: str, token: str | None = None) -> RunningAgent:
     """The real agent on a free loopback port; ``tests/`` is importable by its jobs so that

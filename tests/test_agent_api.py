@@ -31,15 +31,6 @@ def _post_model(agent: RunningAgent, data: bytes, spec: dict, token: str | None 
     return agent.request("POST", "/v1/jobs", body, headers, token=token)
 
 
-def _wait_done(agent: RunningAgent, job_id: str) -> dict:
-    for _ in range(120):
-        status, job, _ = agent.request("GET", f"/v1/jobs/{job_id}?wait=5")
-        assert status == 200
-        if job["state"] == "done":
-            return job
-    raise AssertionError("job never finished")
-
-
 def test_measures_a_vit_with_consistent_statistics(agent: RunningAgent, vit_onnx: Path) -> None:
     client = AgentClient(agent.url)
     result = client.measure(vit_onnx, SPEC)
@@ -122,7 +113,7 @@ def test_broken_models_are_invalid_model_and_agent_survives(
     data = payload if payload is not None else vit_onnx.read_bytes()[:50_000]
     status, body, _ = _post_model(agent, data, SPEC)
     assert status == 202
-    job = _wait_done(agent, body["job_id"])
+    job = agent.wait_done(body["job_id"])
     assert job["result"]["status"] == "invalid_model"
     assert message in job["result"]["message"]
     assert agent.alive()

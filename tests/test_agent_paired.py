@@ -99,19 +99,10 @@ def _submit(agent: RunningAgent, sha: str, spec: dict) -> tuple[int, dict]:
     return status, payload
 
 
-def _wait_done(agent: RunningAgent, job_id: str) -> dict:
-    for _ in range(60):
-        status, job, _ = agent.request("GET", f"/v1/jobs/{job_id}?wait=5")
-        assert status == 200
-        if job["state"] == "done":
-            return job
-    raise AssertionError("job never finished")
-
-
 def _measure_any(agent: RunningAgent, sha: str, spec: dict) -> dict:
     status, payload = _submit(agent, sha, spec)
     assert status == 202, payload
-    return _wait_done(agent, payload["job_id"])
+    return agent.wait_done(payload["job_id"])
 
 
 def _measure(agent: RunningAgent, sha: str, spec: dict) -> dict:

@@ -27,6 +27,7 @@ class DeviceLock(object):
     def __init__(self, folder):
         self.folder = folder
         self._files = {}
+        self._working = 0  # nested working() steps of this process (flock does not count)
 
     def _fd(self, name):
         if name not in self._files:
@@ -50,14 +51,25 @@ class DeviceLock(object):
 
     @contextlib.contextmanager
     def working(self):
-        """One step of co-located work: waits while a measurement runs."""
+        """One step of co-located work: waits while a measurement runs. A step inside a step
+        (a training batch inside an export's step, say) holds the same lock: only the
+        outermost takes and releases it."""
+        if self._working:
+            self._working += 1
+            try:
+                yield
+            finally:
+                self._working -= 1
+            return
         gate, steps = self._fd(GATE), self._fd(STEPS)
         fcntl.flock(gate, fcntl.LOCK_SH)
         fcntl.flock(gate, fcntl.LOCK_UN)
         fcntl.flock(steps, fcntl.LOCK_SH)
+        self._working = 1
         try:
             yield
         finally:
+            self._working = 0
             fcntl.flock(steps, fcntl.LOCK_UN)
 
     def close(self):

@@ -2,16 +2,19 @@
 
 The agent holds the host's measurement lock (``jetson_agent/quiet.py``) through each job's run
 phase; a trial on the same host takes it shared for each short step of compute (a training
-batch, an export with its quantization, an evaluation), so no step runs while a job times and a
-job waits at most for the steps under way. A trial process is told the lock's folder once
+batch, the prune stage, an export with its quantization, an evaluation), so no step runs while
+a job times and a job waits at most for the steps under way. Training batches are paced by the
+loader techniques iterate (:class:`PacedLoader`, ``ctx.train_loader``), so a plugin's own training
+loop pauses too without knowing it. A trial process is told the lock's folder once
 (:func:`share_device`); on a host without that folder (another Ray node) it does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from jetson_agent.quiet import DeviceLock
 
@@ -35,3 +38,28 @@ def step() -> Iterator[None]:
         return
     with _lock.working():
         yield
+
+
+class PacedLoader:
+    """``loader`` with each batch handed out inside a :func:`step`, held until the next batch
+    is asked for or the loop ends (or breaks): the training step between two batches is the
+    step. ``len()`` and the loader's attributes pass through."""
+
+    def __init__(self, loader: Iterable[Any]):
+        self._loader = loader
+
+    def __len__(self) -> int:
+        return len(self._loader)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = iter(self._loader)
+        while True:
+            with step():
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                yield batch

@@ -207,11 +207,14 @@ def _run(
     ctx = StageContext(
         input_shape=(1, *splits.input_shape),
         num_classes=splits.num_classes,
-        train_loader=DataLoader(
-            splits.train,
-            batch_size=campaign.data.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
+        # Each batch is a step that never overlaps a measurement by a co-located agent.
+        train_loader=colocation.PacedLoader(
+            DataLoader(
+                splits.train,
+                batch_size=campaign.data.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
         ),
         val_loader=DataLoader(splits.val, batch_size=256),
         task=_task(manager, campaign.task.name),

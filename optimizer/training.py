@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from . import colocation
-
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -40,12 +38,11 @@ def train_epochs(
         model.train()
         total, count = 0.0, 0
         for inputs, labels in loader:
-            with colocation.step():  # never while the embedded agent times
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(inputs), inputs, labels)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), inputs, labels)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
             total += float(loss.detach()) * len(labels)
             count += len(labels)
         losses.append(total / max(count, 1))

@@ -478,8 +478,9 @@ with open(log, "a") as out:
 """
 
 
-# The campaign's own training loop on that host (``optimizer.training.train_epochs`` told the
-# lock's folder by ``optimizer.colocation``, as a trial is): each step logs its loss call.
+# The campaign's own training loop on that host (``optimizer.training.train_epochs`` over the
+# paced loader a trial's techniques get, told the lock's folder by ``optimizer.colocation``, as
+# a trial is): each step logs its loss call.
 TRAINER = """
 import json, os, sys, time
 from pathlib import Path
@@ -507,7 +508,7 @@ def loss(logits, inputs, labels):
     return value
 
 try:
-    train_epochs(model, batches, loss, epochs=100000, lr=1e-3)
+    train_epochs(model, colocation.PacedLoader(batches), loss, epochs=100000, lr=1e-3)
 except Stop:
     pass
 """

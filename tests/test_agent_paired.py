@@ -37,6 +37,10 @@ from optimizer.agent_client import AgentClient, Reference, sha256_file
 FAST = {"warmup": 2, "iterations": 3, "min_repeat_ms": 25.0}
 ROUNDS = 12
 UNKNOWN_SHA = "0" * 64
+QUANTIZE = (
+    "import sys; from onnxruntime.quantization import QuantType, quantize_dynamic; "
+    "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,6 @@ def models(
     """The candidate (a 2-block ViT) and references of the same inputs (4 and 3 blocks: slower),
     a copy of the 3-block one under another sha, an int8 (dynamically quantized) reference, and
     a ViT fed 48x48 images instead of 32x32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     folder = tmp_path_factory.mktemp("paired-models")
     found = {
         "candidate": vit_onnx,
@@ -59,7 +61,13 @@ def models(
     copy.doc_string = "the same graph under another sha256"
     onnx.save(copy, str(folder / "copy.onnx"))
     found["copy"] = folder / "copy.onnx"
-    quantize_dynamic(found["reference"], folder / "deep-int8.onnx", weight_type=QuantType.QInt8)
+    # In a child process: importing onnxruntime.quantization appends onnxruntime/transformers
+    # (which holds an optimizer.py) to sys.path, and a later spawned test process that inherits
+    # this one's path would then import that file as vitopt's ``optimizer``.
+    subprocess.run(
+        [sys.executable, "-c", QUANTIZE, str(found["reference"]), str(folder / "deep-int8.onnx")],
+        check=True,
+    )
     found["int8"] = folder / "deep-int8.onnx"
     return found
 

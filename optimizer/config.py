@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jetson_agent import spec as agent_spec
+
 
 class CampaignError(Exception):
     """A campaign file (or a search-space file it names) is unusable; the message says why."""
@@ -137,20 +139,40 @@ class ExecutionConfig(_Strict):
 
 class MeasureConfig(_Strict):
     """How every job of the campaign is timed: paired with the baseline's deployable model, in
-    alternating blocks of each (see jetson_agent/README.md, "Paired jobs")."""
+    alternating blocks of each (see docs/measurement.md). Defaults and limits are the agent's."""
 
     warmup: int = Field(20, ge=0, description="untimed runs of each model before the rounds")
-    iterations: int = Field(10, ge=1, le=100000, description="least iterations of a block")
-    repeats: int = Field(10, ge=1, le=1000, description="least rounds (a block of each model)")
-    min_repeat_ms: float = Field(50, ge=0, le=60000, description="least time of a block")
+    iterations: int = Field(
+        agent_spec.DEFAULT_PAIRED_BLOCK_ITERATIONS,
+        ge=1,
+        le=agent_spec.MAX_ITERATIONS,
+        description="least iterations of a block",
+    )
+    repeats: int = Field(
+        agent_spec.DEFAULT_PAIRED_ROUNDS,
+        ge=1,
+        le=agent_spec.MAX_ROUNDS,
+        description="least rounds (a block of each model)",
+    )
+    min_repeat_ms: float = Field(
+        agent_spec.DEFAULT_PAIRED_MIN_REPEAT_MS,
+        ge=0,
+        le=agent_spec.MAX_REPEAT_MS,
+        description="least time of a block",
+    )
     ratio_ci: float = Field(
-        0.02,
+        agent_spec.DEFAULT_RATIO_CI,
         ge=0,
         le=1,
         description="rounds go on until the speedup's 95% interval is this "
         "close on each side (relative); 0: exactly `repeats` rounds",
     )
-    max_time_s: float = Field(30, gt=0, le=600, description="cap on a job's timed rounds")
+    max_time_s: float = Field(
+        agent_spec.DEFAULT_PAIRED_MAX_TIME_S,
+        gt=0,
+        le=agent_spec.MAX_DURATION_S,
+        description="cap on a job's timed rounds",
+    )
     quiet: bool = Field(
         True,
         description="an embedded agent pauses this host's trials while it times (a remote "

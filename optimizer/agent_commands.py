@@ -11,7 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from jetson_agent import spec as agent_spec
+
 from .agent_client import AgentClient, AgentError, MeasurementFailed, Reference
+from .study_note import speedup
 
 TOKEN_ENV = "VITOPT_AGENT_TOKEN"
 
@@ -90,7 +93,7 @@ def result_table(result: dict[str, Any]) -> Table:
 
 def speedup_line(paired: dict[str, Any]) -> str:
     """One line for a paired result: the speedup, its interval, and how the rounds stopped, e.g.
-    ``speedup 1.42× [1.40, 1.45] (95.9 % interval, 24 rounds, target ±2 % met)``."""
+    ``speedup 1.42× [1.40–1.45] (95.9 % interval, 24 rounds, target ±2 % met)``."""
     low, high = paired["speedup_ci"]
     target = paired.get("target_halfwidth") or 0
     if not target:
@@ -102,7 +105,7 @@ def speedup_line(paired: dict[str, Any]) -> str:
     else:
         outcome = f"target ±{target * 100:g} % not met in {paired['rounds']} rounds"
     return (
-        f"speedup {paired['speedup']:.2f}× [{low:.2f}, {high:.2f}] "
+        f"speedup {speedup(paired['speedup'], [low, high])} "
         f"({paired['confidence'] * 100:.1f} % interval, {paired['rounds']} rounds, {outcome})"
     )
 
@@ -141,7 +144,7 @@ def ping(url: str, token_file: Path | None, as_json: bool) -> None:
 @_url
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+    "--precision", type=click.Choice(agent_spec.PRECISIONS), default="fp32", show_default=True
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--input-shape", help="full input shape, e.g. 1x3x224x224 (for dynamic models)")
@@ -149,12 +152,13 @@ def ping(url: str, token_file: Path | None, as_json: bool) -> None:
 @click.option(
     "--iterations",
     type=click.IntRange(min=1),
-    help="timed iterations per repeat  [default: 100; paired: at least 10 per block]",
+    help="timed iterations per repeat  [default: 100; paired: at least "
+    f"{agent_spec.DEFAULT_PAIRED_BLOCK_ITERATIONS} per block]",
 )
 @click.option(
     "--repeats",
     type=click.IntRange(min=1),
-    help="timed repeats  [default: 3; paired: at least 10 rounds]",
+    help=f"timed repeats  [default: 3; paired: at least {agent_spec.DEFAULT_PAIRED_ROUNDS} rounds]",
 )
 @click.option(
     "--reference",
@@ -164,7 +168,7 @@ def ping(url: str, token_file: Path | None, as_json: bool) -> None:
 )
 @click.option(
     "--reference-precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(agent_spec.PRECISIONS),
     default="fp32",
     show_default=True,
 )
@@ -172,17 +176,19 @@ def ping(url: str, token_file: Path | None, as_json: bool) -> None:
     "--ratio-ci",
     type=click.FloatRange(min=0, max=1),
     help="paired: go on until the interval is within ± this fraction of the speedup "
-    "[default: 0.02]; 0 runs exactly --repeats rounds",
+    f"[default: {agent_spec.DEFAULT_RATIO_CI:g}]; 0 runs exactly --repeats rounds",
 )
 @click.option(
     "--max-time-s",
     type=click.FloatRange(min=0, min_open=True),
-    help="paired: time cap of the rounds towards --ratio-ci  [default: 30]",
+    help="paired: time cap of the rounds towards --ratio-ci  "
+    f"[default: {agent_spec.DEFAULT_PAIRED_MAX_TIME_S:g}]",
 )
 @click.option(
     "--min-repeat-ms",
     type=click.FloatRange(min=0),
-    help="least ms of a block (paired, default 50) or of a repeat (default 0: off)",
+    help="least ms of a block (paired, default "
+    f"{agent_spec.DEFAULT_PAIRED_MIN_REPEAT_MS:g}) or of a repeat (default 0: off)",
 )
 @click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
 @_token

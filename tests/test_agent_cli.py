@@ -54,7 +54,7 @@ def test_measure_against_a_reference_prints_the_speedup(
     assert table.exit_code == 0, table.output
     assert "p50 (ms)" in table.output and "reference p50 (ms), fp32" in table.output
     line = (
-        f"speedup {paired['speedup']:.2f}× [{low:.2f}, {high:.2f}] "
+        f"speedup {paired['speedup']:.2f}× [{low:.2f}–{high:.2f}] "
         f"({paired['confidence'] * 100:.1f} % interval, 8 rounds, no target)"
     )
     assert line in table.output

@@ -9,11 +9,13 @@ the storage is retried the same way, so a campaign started while the database is
 up waits for it.
 
 Transient errors are SQLAlchemy's OperationalError (connection refused or cut, server shutting
-down, SQLite's "database is locked", deadlocks) and any DBAPIError that invalidated its
-connection, whether raised directly or wrapped by Optuna in a StorageInternalError. Everything
-else, including a StorageInternalError caused by bad data, passes through unchanged at once:
-KeyError for a missing study or trial, ValueError, DuplicatedStudyError,
-UpdateFinishedTrialError.
+down, SQLite's "database is locked", deadlocks), any DBAPIError that invalidated its connection,
+and a PendingRollbackError (a session used again after its connection broke mid-transaction,
+which the next attempt's fresh session does not inherit), whether raised directly or wrapped by
+Optuna in a StorageInternalError ("An exception is raised during the commit", whatever broke).
+One function, _transient, walks that chain. Everything else, including a StorageInternalError
+caused by bad data, passes through unchanged at once: KeyError for a missing study or trial,
+ValueError, DuplicatedStudyError, UpdateFinishedTrialError.
 
 How long one attempt may block: SQLite waits for a lock itself (its busy timeout), and libpq
 for a server that does not answer a connection (connect_timeout, otherwise unbounded), each for
@@ -47,7 +49,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, PendingRollbackError
 
 _log = logging.getLogger("vitopt.storage")
 _T = TypeVar("_T")
@@ -64,22 +66,33 @@ def _shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps, outermost first: each explicit cause (Optuna's
+    StorageInternalError and SQLAlchemy's DBAPIError name theirs), and for a PendingRollbackError
+    the error it was raised while handling (the connection's own failure)."""
+    chain = [error]
+    while True:
+        last = chain[-1]
+        inner = last.__cause__
+        if inner is None and isinstance(last, PendingRollbackError):
+            inner = last.__context__
+        if inner is None or inner in chain:
+            return chain
+        chain.append(inner)
+
+
 def _transient(error: BaseException, also: tuple[type[BaseException], ...] = ()) -> bool:
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, (OperationalError, *also)) or (
-            isinstance(cause, DBAPIError) and cause.connection_invalidated
-        ):
-            return True
-        cause = cause.__cause__
-    return False
+    return any(
+        isinstance(cause, (OperationalError, PendingRollbackError, *also))
+        or (isinstance(cause, DBAPIError) and cause.connection_invalidated)
+        for cause in _chain(error)
+    )
 
 
 def _reason(error: BaseException) -> str:
     """The first line of the innermost cause: the driver's own words, without SQLAlchemy's
     statement and background link or Optuna's generic wrapper message."""
-    while error.__cause__ is not None:
-        error = error.__cause__
+    error = _chain(error)[-1]
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 

@@ -13,11 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.exceptions import (
+    DuplicatedStudyError,
+    StorageInternalError,
+    UpdateFinishedTrialError,
+)
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from postgres_server import PostgresServer, free_port, postgres_fixture
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError, PendingRollbackError
 
 from optimizer.config import Campaign
 from optimizer.storage import StorageUnavailable, _RetryingStorage, open_storage
@@ -179,6 +183,65 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(sqlite_url: str) -> None:
     study.tell(other, state=TrialState.FAIL)
     with pytest.raises(UpdateFinishedTrialError):  # a real double tell is still refused
         storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [2.0])
+
+
+def _wrapped_by_optuna(error: Exception) -> StorageInternalError:
+    """`error` as Optuna's _create_scoped_session raises it: StorageInternalError from it."""
+    try:
+        raise StorageInternalError("An exception is raised during the commit.") from error
+    except StorageInternalError as wrapper:
+        return wrapper
+
+
+def _pending_rollback(cut: Exception) -> PendingRollbackError:
+    """The PendingRollbackError SQLAlchemy raises for a session used again while handling a cut
+    connection (its cause is implicit: __context__)."""
+    try:
+        try:
+            raise cut
+        except OperationalError:
+            raise PendingRollbackError("Can't reconnect until invalid transaction is rolled back")  # noqa: B904 (as SQLAlchemy raises it)
+    except PendingRollbackError as pending:
+        return pending
+
+
+_CUT = OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+# Chains recorded from psycopg 3 under a PostgreSQL server restarted while threads read and write.
+TRANSIENT = {
+    "cut": _CUT,
+    "cut, wrapped": _wrapped_by_optuna(_CUT),
+    "pending rollback after a cut, wrapped": _wrapped_by_optuna(_pending_rollback(_CUT)),
+}
+
+
+class _Failing:
+    """An inner storage whose get_all_studies raises `errors` in turn, then answers []."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+
+    def get_all_studies(self) -> list[object]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return []
+
+
+@pytest.mark.parametrize("error", TRANSIENT.values(), ids=TRANSIENT.keys())
+def test_transient_errors_are_retried_however_wrapped(error: Exception) -> None:
+    storage = _RetryingStorage(_Failing(error), "sqlite:///s.db", retry_s=5)  # type: ignore[arg-type]
+    assert storage.get_all_studies() == []
+    storage = _RetryingStorage(_Failing(*[error] * 100), "sqlite:///s.db", retry_s=0.5)  # type: ignore[arg-type]
+    with pytest.raises(StorageUnavailable, match=r"server closed the connection unexpectedly$"):
+        storage.get_all_studies()
+
+
+def test_bad_data_wrapped_by_optuna_is_not_retried() -> None:
+    bad = _wrapped_by_optuna(DataError("INSERT", {}, ValueError("value too long")))
+    storage = _RetryingStorage(_Failing(bad), "sqlite:///s.db", retry_s=30)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(StorageInternalError):
+        storage.get_all_studies()
+    assert time.monotonic() - started < 1
 
 
 def _open_at_once(url: str, barrier: multiprocessing.synchronize.Barrier) -> None:

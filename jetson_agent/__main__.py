@@ -91,7 +91,14 @@ def serve(args):
         token = _read_token(args.token_file) if args.token_file else None
         backend_name, target = resolve_backend(args.backend)
         cache = DiskCache(args.cache_dir, args.cache_max_mb * 1024 * 1024)
-        jobs = JobProcess(target, args.build_timeout, args.run_timeout, args.job_memory_mb)
+        jobs = JobProcess(
+            target,
+            args.build_timeout,
+            args.run_timeout,
+            args.job_memory_mb,
+            scratch_dir=cache.scratch_dir,
+            max_file_bytes=cache.max_file_bytes,
+        )
         quiet_lock = quiet.prepare_folder(args.quiet_lock) if args.quiet_lock else None
         agent = Agent(
             backend_name,
@@ -125,6 +132,7 @@ def serve(args):
         pass
     finally:
         server.server_close()
+        agent.close()
     return 0
 
 

@@ -85,6 +85,8 @@ class Agent(object):
         self._queue = queue.Queue()
         self._lock = threading.Lock()
         self._running = None
+        self._idle = threading.Event()  # set while no job runs
+        self._idle.set()
         self._finished = 0
         self._worker = threading.Thread(target=self._work, name="measure-worker")
         self._worker.daemon = True
@@ -116,6 +118,7 @@ class Agent(object):
             "limits": {
                 "build_timeout_s": self.job_process.build_timeout_s,
                 "run_timeout_s": self.job_process.run_timeout_s,
+                "max_file_bytes": self.job_process.max_file_bytes,
             },
         }
 
@@ -126,19 +129,30 @@ class Agent(object):
         return job, position
 
     # -- submission ------------------------------------------------------------------------
-    def reference_problem(self, model_sha, spec):
-        """Why a paired job cannot run, as ``(code, message)``, or None: its reference must be
-        a model the agent holds, fed the same inputs as the candidate."""
+    def submission_problem(self, model_sha, spec):
+        """Why a job cannot run as asked, as ``(code, message)``, or None: the spec must fit
+        the candidate's inputs (``bad_spec``); a paired job's reference must be a model the
+        agent holds (``unknown_reference``), fed the same inputs (``reference_mismatch``).
+        Models the agent cannot read here pass: the job reports them itself."""
+        ours = self._model_inputs(model_sha)
+        problem = ours.feed_problem(spec) if ours is not None else None
+        if problem is not None:
+            return "bad_spec", problem
+        if not spec.paired:
+            return None
         reference = spec.reference["model_sha256"]
         if not self.cache.has_model(reference):
             return (
                 "unknown_reference",
                 "no reference model with sha256 %s: upload it (POST /v1/models)" % reference,
             )
-        ours, theirs = self._model_inputs(model_sha), self._model_inputs(reference)
-        if ours is None or theirs is None:  # unreadable here: the job reports the model itself
+        theirs = self._model_inputs(reference)
+        if ours is None or theirs is None:
             return None
         reference_spec = spec.for_reference()
+        problem = theirs.feed_problem(reference_spec)
+        if problem is not None:
+            return "reference_mismatch", "the reference: " + problem
         if ours.signature(spec) != theirs.signature(reference_spec):
             return (
                 "reference_mismatch",
@@ -205,6 +219,12 @@ class Agent(object):
                 break
             del self._jobs[oldest_id]
 
+    def close(self, timeout_s=30.0):
+        """Stop measuring: kill the running job and wait (up to ``timeout_s``) until its
+        scratch folder is gone; queued jobs are dropped with the agent."""
+        self.job_process.stop()
+        self._idle.wait(timeout_s)
+
     # -- the one worker --------------------------------------------------------------------
     def _work(self):
         while True:
@@ -212,6 +232,7 @@ class Agent(object):
             with self._lock:
                 self._pending.remove(job.id)
                 self._running = job.id
+                self._idle.clear()
             job.state = "running"
             job.started_at = time.time()
             try:
@@ -222,6 +243,7 @@ class Agent(object):
             with self._lock:
                 self._running = None
                 self._finished += 1
+            self._idle.set()
 
     def _files(self, sha, spec):
         """The model's path and its engine's, for a spec."""

@@ -44,6 +44,18 @@ class DiskCache(object):
             if not os.path.isdir(path):
                 os.makedirs(path)
 
+    @property
+    def max_file_bytes(self):
+        """The largest file a job may write (an optimised graph, an engine): a quarter of the
+        budget, so that one file never evicts most of the cache."""
+        return self.max_bytes // 4
+
+    @property
+    def scratch_dir(self):
+        """Where jobs keep their scratch folders (not part of the budget: removed after each
+        job, and at start after an agent that was killed)."""
+        return os.path.join(self.root, "jobs")
+
     def _path(self, kind, digest, suffix):
         if not is_sha256(digest):
             raise ValueError("cache keys are sha256 hex digests")

@@ -13,6 +13,7 @@ JSON to the request's ``result_path``.
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -44,10 +45,18 @@ def _peak_memory_mb():
     return max(own, children) / 1024.0  # Linux reports KiB
 
 
-def _limit_memory(limit_mb):
+def _limit_resources(request):
+    """The agent's caps on this process: address space (``memory_limit_mb``) and the size of
+    any one file it writes (``max_file_bytes``: a write past it fails with EFBIG instead of
+    the default SIGXFSZ, which a backend sees as a failed save)."""
+    limit_mb = request.get("memory_limit_mb")
     if limit_mb:
         limit = int(limit_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    max_file = request.get("max_file_bytes")
+    if max_file:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(max_file), int(max_file)))
 
 
 def _attempt(session, spec, monitor, iterations):
@@ -218,7 +227,7 @@ def main(argv=None):
         request = json.load(handle)
     phases = _Phases()
     try:
-        _limit_memory(request.get("memory_limit_mb"))
+        _limit_resources(request)
         result = measure(request, phases)
     except errors.JobError as exc:
         result = {"status": exc.status, "message": exc.message}

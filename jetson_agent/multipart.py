@@ -44,6 +44,8 @@ def parse(body, boundary):
         name = _NAME.search(disposition[0]) if disposition else None
         if not name:
             raise MultipartError("multipart part without a field name")
+        if name.group(1) in fields:
+            raise MultipartError("multipart field %r given twice" % name.group(1)[:80])
         fields[name.group(1)] = data[:-2]
     return fields
 

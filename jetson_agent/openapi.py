@@ -8,15 +8,25 @@ from .spec import (
     DEFAULT_PAIRED_MIN_REPEAT_MS,
     DEFAULT_PAIRED_ROUNDS,
     DEFAULT_RATIO_CI,
+    MAX_BATCH,
+    MAX_DIM,
     MAX_DURATION_S,
     MAX_ITERATIONS,
     MAX_REPEAT_MS,
     MAX_REPEATS,
     MAX_ROUNDS,
+    MAX_TIMEOUT_S,
+    MAX_WAIT_S,
     PRECISIONS,
 )
 
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_SHAPE = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "integer", "minimum": 1, "maximum": MAX_DIM},
+}
 
 _ERROR = {
     "description": "error",
@@ -31,24 +41,67 @@ def _json_response(description, ref):
     }
 
 
+_TYPES = {"iterations": "integer", "duration_s": "number", "reference": "object"}
+
+
+def _given(*fields):
+    """Matches a spec in which each of ``fields`` is given (present, not null)."""
+    return {
+        "required": list(fields),
+        "properties": dict((field, {"type": _TYPES[field]}) for field in fields),
+    }
+
+
+def _timeout(phase):
+    return {
+        "type": "number",
+        "nullable": True,
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": MAX_TIMEOUT_S,
+        "description": "seconds the %s phase may take, capped by the agent's own limit" % phase,
+    }
+
+
 def openapi_document():
     spec_schema = {
         "type": "object",
         "additionalProperties": False,
+        "description": "null for a field is the same as leaving it out (a job's spec is "
+        "answered with nulls for what it left out). Not iterations with duration_s, nor "
+        "duration_s in a paired job (one with a reference); ratio_ci and max_time_s only in one",
+        "allOf": [
+            {"not": _given("iterations", "duration_s")},
+            {"not": _given("reference", "duration_s")},
+            {
+                "anyOf": [
+                    _given("reference"),
+                    {
+                        "properties": {
+                            "ratio_ci": {"nullable": True, "enum": [None]},
+                            "max_time_s": {"nullable": True, "enum": [None]},
+                        }
+                    },
+                ]
+            },
+        ],
         "properties": {
             "precision": {"type": "string", "enum": list(PRECISIONS), "default": "fp32"},
-            "batch_size": {"type": "integer", "minimum": 1, "default": 1},
-            "input_shape": {
-                "type": "array",
-                "items": {"type": "integer", "minimum": 1},
-                "description": "full shape of the first input (batch included)",
-            },
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH, "default": 1},
+            "input_shape": dict(
+                _SHAPE,
+                nullable=True,
+                description="full shape of the first input (batch included); it must have "
+                "the input's rank and agree with its fixed dims (else 400 bad_spec)",
+            ),
             "input_shapes": {
                 "type": "object",
-                "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                "additionalProperties": _SHAPE,
+                "description": "shapes by input name, each as input_shape",
             },
             "warmup": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS, "default": 10},
             "iterations": {
+                "nullable": True,
                 "type": "integer",
                 "minimum": 1,
                 "maximum": MAX_ITERATIONS,
@@ -57,6 +110,7 @@ def openapi_document():
                 % DEFAULT_PAIRED_BLOCK_ITERATIONS,
             },
             "duration_s": {
+                "nullable": True,
                 "type": "number",
                 "minimum": 0,
                 "exclusiveMinimum": True,
@@ -81,6 +135,7 @@ def openapi_document():
                 "description": "an unpaired job re-measures once when its CV is above this",
             },
             "reference": {
+                "nullable": True,
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["model_sha256"],
@@ -104,6 +159,7 @@ def openapi_document():
                 % DEFAULT_PAIRED_MIN_REPEAT_MS,
             },
             "ratio_ci": {
+                "nullable": True,
                 "type": "number",
                 "minimum": 0,
                 "maximum": 1,
@@ -112,6 +168,7 @@ def openapi_document():
                 "max_time_s; 0: exactly repeats rounds" % DEFAULT_RATIO_CI,
             },
             "max_time_s": {
+                "nullable": True,
                 "type": "number",
                 "minimum": 0,
                 "exclusiveMinimum": True,
@@ -119,8 +176,8 @@ def openapi_document():
                 "description": "paired jobs only (default %g): the time cap of the rounds "
                 "towards ratio_ci (the run timeout still applies)" % DEFAULT_PAIRED_MAX_TIME_S,
             },
-            "build_timeout_s": {"type": "number", "description": "capped by the agent's own"},
-            "run_timeout_s": {"type": "number", "description": "capped by the agent's own"},
+            "build_timeout_s": _timeout("build"),
+            "run_timeout_s": _timeout("run"),
             "use_cache": {
                 "type": "boolean",
                 "default": True,
@@ -290,13 +347,15 @@ def openapi_document():
         "paths": {
             "/v1/info": {
                 "get": {
+                    "operationId": "getInfo",
                     "summary": "Device, backend, supported precisions, power mode, clocks, "
-                    "temperatures, queue length",
+                    "temperatures, queue length, limits",
                     "responses": {"200": {"description": "agent and device facts"}, "401": _ERROR},
                 }
             },
             "/v1/jobs": {
                 "post": {
+                    "operationId": "submitJob",
                     "summary": "Queue a measurement",
                     "requestBody": {
                         "required": True,
@@ -304,19 +363,21 @@ def openapi_document():
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
+                                    "additionalProperties": False,
                                     "required": ["spec", "model"],
                                     "properties": {
-                                        "spec": {"type": "string", "description": "JSON Spec"},
+                                        "spec": {"$ref": "#/components/schemas/Spec"},
                                         "model": {"type": "string", "format": "binary"},
                                     },
-                                }
+                                },
+                                "encoding": {"spec": {"contentType": "application/json"}},
                             },
                             "application/json": {
                                 "schema": {
                                     "type": "object",
                                     "required": ["model_sha256"],
                                     "properties": {
-                                        "model_sha256": {"type": "string"},
+                                        "model_sha256": _SHA256,
                                         "spec": {"$ref": "#/components/schemas/Spec"},
                                     },
                                 }
@@ -324,12 +385,21 @@ def openapi_document():
                         },
                     },
                     "responses": {
-                        "202": _json_response("queued (or answered from cache)", "Job"),
+                        "202": dict(
+                            _json_response("queued (or answered from cache)", "Job"),
+                            links={
+                                "GetJob": {
+                                    "operationId": "getJob",
+                                    "parameters": {"job_id": "$response.body#/job_id"},
+                                }
+                            },
+                        ),
                         "400": dict(
                             _ERROR,
-                            description="bad_request, bad_json, bad_spec, or "
-                            "reference_mismatch: the spec's reference is fed other inputs "
-                            "(shapes, element types) than the candidate",
+                            description="bad_request (a malformed body or Content-Length), "
+                            "bad_json, bad_spec (a field out of range, or shapes that do not fit "
+                            "the model's inputs), or reference_mismatch: the spec's reference is "
+                            "fed other inputs (shapes, element types) than the candidate",
                         ),
                         "401": _ERROR,
                         "404": dict(
@@ -337,20 +407,21 @@ def openapi_document():
                             description="unknown_model (model_sha256 not held: send the model) "
                             "or unknown_reference (spec.reference not held: POST /v1/models)",
                         ),
-                        "411": _ERROR,
-                        "413": _ERROR,
+                        "411": dict(_ERROR, description="no Content-Length, or a chunked body"),
+                        "413": dict(_ERROR, description="payload_too_large (--max-upload-mb)"),
                         "415": _ERROR,
                     },
                 }
             },
             "/v1/models": {
                 "post": {
+                    "operationId": "storeModel",
                     "summary": "Store a model without measuring it (a paired job's reference)",
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/octet-stream": {
-                                "schema": {"type": "string", "format": "binary"}
+                                "schema": {"type": "string", "format": "binary", "minLength": 1}
                             }
                         },
                     },
@@ -365,43 +436,41 @@ def openapi_document():
                                 }
                             },
                         },
-                        "400": dict(_ERROR, description="bad_request: an empty body"),
+                        "400": dict(_ERROR, description="bad_request: an empty or short body"),
                         "401": _ERROR,
-                        "411": _ERROR,
+                        "411": dict(_ERROR, description="no Content-Length, or a chunked body"),
                         "413": dict(_ERROR, description="payload_too_large (--max-upload-mb)"),
                     },
                 }
             },
             "/v1/jobs/{job_id}": {
                 "get": {
+                    "operationId": "getJob",
                     "summary": "A job's state and, when done, its result",
                     "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
+                        {"name": "job_id", "in": "path", "required": True, "schema": _JOB_ID},
                         {
                             "name": "wait",
                             "in": "query",
-                            "schema": {"type": "number", "maximum": 30},
-                            "description": "long-poll: wait up to this many seconds for the job",
+                            "schema": {"type": "number"},
+                            "description": "long-poll: wait up to this many seconds (clamped to "
+                            "0..%g) for the job to finish; not a number: 400" % MAX_WAIT_S,
                         },
                     ],
-                    "responses": {"200": _json_response("the job", "Job"), "404": _ERROR},
+                    "responses": {
+                        "200": _json_response("the job", "Job"),
+                        "400": dict(_ERROR, description="wait is not a number"),
+                        "401": _ERROR,
+                        "404": dict(_ERROR, description="unknown_job: never held, or forgotten"),
+                    },
                 }
             },
             "/v1/models/{sha256}": {
                 "head": {
+                    "operationId": "hasModel",
                     "summary": "Whether the agent already holds this model (skip the upload)",
                     "parameters": [
-                        {
-                            "name": "sha256",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
+                        {"name": "sha256", "in": "path", "required": True, "schema": _SHA256}
                     ],
                     "responses": {
                         "200": {"description": "present"},
@@ -413,6 +482,7 @@ def openapi_document():
             },
             "/v1/openapi.json": {
                 "get": {
+                    "operationId": "getOpenAPI",
                     "summary": "This document",
                     "security": [],
                     "responses": {"200": {"description": "OpenAPI 3.0 document"}},

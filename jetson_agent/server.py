@@ -9,6 +9,7 @@ unpickled, and no request value ever becomes a path on disk.
 import hmac
 import json
 import logging
+import math
 import re
 import socketserver
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -18,13 +19,30 @@ from . import __version__, multipart
 from .cache import is_sha256
 from .errors import SpecError
 from .openapi import openapi_document
-from .spec import MeasureSpec
+from .spec import MAX_WAIT_S, MeasureSpec
 
 log = logging.getLogger("jetson_agent")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_WAIT_S = 30.0
+_DECIMAL = re.compile(r"^[0-9]{1,18}$")
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+# method -> (path pattern, handler method, public: no token needed); one table for dispatch and
+# for the Allow header of a 405.
+_ROUTES = {
+    "GET": (
+        (r"^/v1/openapi\.json$", "_openapi", True),
+        (r"^/v1/info$", "_info", False),
+        (r"^/v1/jobs/([^/]*)$", "_job", False),
+    ),
+    "POST": (
+        (r"^/v1/jobs$", "_submit", False),
+        (r"^/v1/models$", "_upload_model", False),
+    ),
+    "HEAD": ((r"^/v1/models/([^/]*)$", "_has_model", False),),
+}
+_CODE = re.compile(r"[^a-z0-9]+")
 
 
 class HttpError(Exception):
@@ -50,6 +68,9 @@ class AgentHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
 class AgentHandler(BaseHTTPRequestHandler):
     server_version = "jetson-agent/" + __version__
     timeout = 120  # a stalled client cannot hold a thread forever
+    # A request line too malformed to name its version is answered with a status line and
+    # headers, not as HTTP/0.9 (a bare body).
+    default_request_version = "HTTP/1.0"
 
     # -- plumbing --------------------------------------------------------------------------
     def log_message(self, format, *args):
@@ -57,30 +78,69 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _send(self, status, payload=None, headers=None):
         body = b"" if payload is None else json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: nobody to tell
+            self.close_connection = True
+            log.info("%s went away before the %d answer", self.address_string(), status)
 
-    def _dispatch(self, routes):
+    def send_error(self, code, message=None, explain=None):
+        """What ``http.server`` itself refuses (a malformed request line, oversized headers, an
+        unknown method) answered as JSON like every other error, not as an HTML page."""
+        try:
+            short = self.responses[code][0]
+        except (KeyError, TypeError):
+            short = "error"
+        self.close_connection = True
+        self._send(
+            code,
+            {"error": {"code": _CODE.sub("_", short.lower()), "message": message or short}},
+            {"Connection": "close"},
+        )
+
+    def _not_allowed(self):
+        """404 for a path the API lacks; 405, with Allow, for a method it lacks there."""
+        path = urlsplit(self.path).path
+        allowed = sorted(
+            method
+            for method, routes in _ROUTES.items()
+            if any(re.match(pattern, path) for pattern, _name, _public in routes)
+        )
+        if not allowed:
+            raise HttpError(
+                404, "not_found", "no such endpoint: %s %s" % (self.command, path[:200])
+            )
+        raise HttpError(
+            405,
+            "method_not_allowed",
+            "%s is not allowed on %s (allowed: %s)"
+            % (self.command, path[:200], ", ".join(allowed)),
+            {"Allow": ", ".join(allowed)},
+        )
+
+    def _send_error(self, exc):
+        self._send(exc.status, {"error": {"code": exc.code, "message": exc.message}}, exc.headers)
+
+    def _dispatch(self):
         try:
             path = urlsplit(self.path).path
-            for pattern, handler, public in routes:
+            for pattern, name, public in _ROUTES.get(self.command, ()):
                 match = re.match(pattern, path)
                 if match:
                     if not public:
                         self._authenticate()
-                    handler(*match.groups())
+                    getattr(self, name)(*match.groups())
                     return
-            raise HttpError(404, "not_found", "no such endpoint: %s %s" % (self.command, path))
+            self._not_allowed()
         except HttpError as exc:
-            self._send(
-                exc.status, {"error": {"code": exc.code, "message": exc.message}}, exc.headers
-            )
+            self._send_error(exc)
         except Exception as exc:  # a bug in one request must not take the agent down
             log.exception("request failed")
             self._send(500, {"error": {"code": "internal", "message": str(exc)}})
@@ -100,13 +160,23 @@ class AgentHandler(BaseHTTPRequestHandler):
             )
 
     def _read_body(self):
-        length = self.headers.get("Content-Length")
-        if length is None:
+        """The request body, exactly Content-Length bytes. The length must be one plain decimal
+        number (``-1`` would read to the end of the stream, past the upload cap); chunked
+        bodies are refused (411), and so is a body that ends early."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            raise HttpError(
+                411, "length_required", "chunked bodies are not accepted: send a Content-Length"
+            )
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             raise HttpError(411, "length_required", "send a Content-Length header")
-        try:
-            length = int(length)
-        except ValueError:
-            raise HttpError(400, "bad_request", "Content-Length is not a number") from None
+        if len(set(lengths)) > 1 or not _DECIMAL.match(lengths[0]):
+            self.close_connection = True
+            raise HttpError(
+                400, "bad_request", "Content-Length must be one non-negative decimal number"
+            )
+        length = int(lengths[0])
         if length > self.server.max_upload_bytes:
             self._discard(length)
             self.close_connection = True
@@ -117,7 +187,15 @@ class AgentHandler(BaseHTTPRequestHandler):
                 % (length, self.server.max_upload_bytes),
                 {"Connection": "close"},
             )
-        return self.rfile.read(length)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            raise HttpError(
+                400,
+                "bad_request",
+                "the body ended after %d of its %d bytes (Content-Length)" % (len(body), length),
+            )
+        return body
 
     def _discard(self, length):
         """Read (and drop) a modest refused body so the client can read our 413 instead of a
@@ -130,25 +208,12 @@ class AgentHandler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
 
     # -- routes ----------------------------------------------------------------------------
-    def do_GET(self):
-        self._dispatch(
-            [
-                (r"^/v1/openapi\.json$", self._openapi, True),
-                (r"^/v1/info$", self._info, False),
-                (r"^/v1/jobs/([^/]*)$", self._job, False),
-            ]
-        )
-
-    def do_POST(self):
-        self._dispatch(
-            [
-                (r"^/v1/jobs$", self._submit, False),
-                (r"^/v1/models$", self._upload_model, False),
-            ]
-        )
-
-    def do_HEAD(self):
-        self._dispatch([(r"^/v1/models/([^/]*)$", self._has_model, False)])
+    def __getattr__(self, name):
+        """``do_<METHOD>`` for every method, known or not: all go through the route table, so
+        one the API lacks is answered 405 with Allow (or 404), never http.server's 501."""
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def _openapi(self):
         self._send(200, openapi_document())
@@ -180,12 +245,15 @@ class AgentHandler(BaseHTTPRequestHandler):
         job, position = self.server.agent.get(job_id)
         if job is None:
             raise HttpError(404, "unknown_job", "no job with id %s" % job_id)
-        wait = parse_qs(urlsplit(self.path).query).get("wait")
-        if wait:
+        wait = parse_qs(urlsplit(self.path).query, keep_blank_values=True).get("wait")
+        if wait is not None:
             try:
-                seconds = min(max(float(wait[0]), 0.0), MAX_WAIT_S)
+                seconds = float(wait[0]) if len(wait) == 1 else float("nan")
             except ValueError:
-                raise HttpError(400, "bad_request", "wait must be a number of seconds") from None
+                seconds = float("nan")
+            if math.isnan(seconds):
+                raise HttpError(400, "bad_request", "wait must be one number of seconds")
+            seconds = min(max(seconds, 0.0), MAX_WAIT_S)
             job.done.wait(seconds)
             job, position = self.server.agent.get(job_id)
         self._send(200, job.to_dict(position))
@@ -199,9 +267,12 @@ class AgentHandler(BaseHTTPRequestHandler):
                 fields = multipart.parse(body, multipart.boundary_of(ctype))
             except multipart.MultipartError as exc:
                 raise HttpError(400, "bad_request", str(exc)) from exc
-            if "spec" not in fields or "model" not in fields:
+            if sorted(fields) != ["model", "spec"]:
                 raise HttpError(
-                    400, "bad_request", "multipart fields 'spec' and 'model' are required"
+                    400,
+                    "bad_request",
+                    "a multipart job has exactly the fields 'spec' and 'model' (got %s)"
+                    % ", ".join(repr(name[:40]) for name in sorted(fields)),
                 )
             spec = self._spec(self._json(fields["spec"], "the spec field"))
             sha = agent.cache.put_model(fields["model"])
@@ -212,20 +283,19 @@ class AgentHandler(BaseHTTPRequestHandler):
             sha = payload.get("model_sha256")
             if not isinstance(sha, str) or not is_sha256(sha):
                 raise HttpError(400, "bad_request", "model_sha256 must be a sha256 hex digest")
+            spec = self._spec(payload.get("spec", {}))
             if not agent.cache.has_model(sha):
                 raise HttpError(404, "unknown_model", "no model with that sha256: upload it")
-            spec = self._spec(payload.get("spec", {}))
         else:
             raise HttpError(
                 415,
                 "unsupported_media_type",
                 "send multipart/form-data (spec + model) or application/json (spec + model_sha256)",
             )
-        if spec.paired:
-            problem = agent.reference_problem(sha, spec)
-            if problem is not None:
-                code, message = problem
-                raise HttpError(404 if code == "unknown_reference" else 400, code, message)
+        problem = agent.submission_problem(sha, spec)
+        if problem is not None:
+            code, message = problem
+            raise HttpError(404 if code == "unknown_reference" else 400, code, message)
         job = agent.submit(sha, spec)
         self._send(
             202,
@@ -239,6 +309,8 @@ class AgentHandler(BaseHTTPRequestHandler):
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise HttpError(400, "bad_json", "%s is not valid JSON: %s" % (what, exc)) from exc
+        except RecursionError:  # the parser recurses per nesting level
+            raise HttpError(400, "bad_json", "%s is nested too deeply" % what) from None
 
     @staticmethod
     def _spec(data):

@@ -12,6 +12,10 @@ MAX_ITERATIONS = 100000
 MAX_DURATION_S = 600.0
 MAX_ROUNDS = 1000
 MAX_REPEAT_MS = 60000.0
+MAX_BATCH = 4096
+MAX_DIM = 1 << 20
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_WAIT_S = 30.0  # the longest long-poll of GET /v1/jobs/{id}?wait=
 # A paired job (a spec with a ``reference``) measures towards a 95 % interval of the speedup
 # this wide on each side, relative to the speedup, until ``max_time_s`` of timed rounds.
 DEFAULT_RATIO_CI = 0.02
@@ -57,8 +61,8 @@ def _shape(value, where):
     if not isinstance(value, list) or not value:
         raise SpecError("%s must be a non-empty list of positive integers, got %r" % (where, value))
     for dim in value:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim > 1 << 20:
-            raise SpecError("%s must hold positive integers, got %r" % (where, value))
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim > MAX_DIM:
+            raise SpecError("%s must hold integers from 1 to %d, got %r" % (where, MAX_DIM, value))
     return list(value)
 
 
@@ -69,6 +73,7 @@ def _reference(value):
         return None
     if not isinstance(value, dict):
         raise SpecError("spec.reference must be an object with model_sha256 and precision")
+    value = dict((key, each) for key, each in value.items() if each is not None)
     unknown = sorted(set(value) - set(("model_sha256", "precision")))
     if unknown:
         raise SpecError("unknown spec.reference field(s) %s" % ", ".join(unknown))
@@ -122,6 +127,8 @@ class MeasureSpec(object):
     def from_dict(cls, data):
         if not isinstance(data, dict):
             raise SpecError("spec must be a JSON object, got %s" % type(data).__name__)
+        # null is "not given" (a job's spec is answered with nulls for what it left out).
+        data = dict((key, value) for key, value in data.items() if value is not None)
         unknown = sorted(set(data) - set(cls.FIELDS))
         if unknown:
             raise SpecError(
@@ -135,7 +142,7 @@ class MeasureSpec(object):
         input_shape = data.get("input_shape")
         if input_shape is not None:
             input_shape = _shape(input_shape, "spec.input_shape")
-        input_shapes = data.get("input_shapes") or {}
+        input_shapes = data.get("input_shapes", {})
         if not isinstance(input_shapes, dict):
             raise SpecError("spec.input_shapes must map input names to shapes")
         input_shapes = dict(
@@ -177,7 +184,7 @@ class MeasureSpec(object):
                 MAX_DURATION_S,
             ),
             precision=precision,
-            batch_size=_int_field(data, "batch_size", 1, 1, 4096),
+            batch_size=_int_field(data, "batch_size", 1, 1, MAX_BATCH),
             input_shape=input_shape,
             input_shapes=input_shapes,
             warmup=_int_field(data, "warmup", 10, 0, MAX_ITERATIONS),
@@ -191,8 +198,8 @@ class MeasureSpec(object):
                 MAX_ROUNDS if paired else MAX_REPEATS,
             ),
             cv_threshold=_float_field(data, "cv_threshold", 0.05, 0.0, 10.0),
-            build_timeout_s=_float_field(data, "build_timeout_s", None, 0.0, 24 * 3600.0),
-            run_timeout_s=_float_field(data, "run_timeout_s", None, 0.0, 24 * 3600.0),
+            build_timeout_s=_float_field(data, "build_timeout_s", None, 0.0, MAX_TIMEOUT_S),
+            run_timeout_s=_float_field(data, "run_timeout_s", None, 0.0, MAX_TIMEOUT_S),
             use_cache=_bool_field(data, "use_cache", True),
         )
 

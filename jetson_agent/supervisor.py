@@ -3,8 +3,16 @@
 The agent must outlive every candidate: the job process gets its own session (process group) so
 a timeout kills it together with anything it spawned (trtexec, tegrastats), and a process that
 dies without writing a result is classified from how it died.
+
+No job outlives the agent either. An agent that stops (SIGTERM, Ctrl-C) kills the running job's
+process group and removes its scratch folder before it exits (:meth:`JobProcess.stop`); one that
+is killed outright takes the job with it (Linux's parent-death signal), and the scratch folders it
+could not remove, kept under the cache's ``jobs/`` folder, are removed when an agent starts there.
+What a job may write is bounded too: no file it writes (an optimised graph, an engine, its log)
+may exceed ``max_file_bytes`` (RLIMIT_FSIZE).
 """
 
+import ctypes
 import json
 import os
 import queue
@@ -45,14 +53,60 @@ def _signal_name(number):
         return "signal %d" % number
 
 
-class JobProcess(object):
-    """Runs jobs with the agent's build/run time limits and optional address-space cap."""
+def _libc_prctl():
+    """libc's prctl, looked up in the agent (a forked child must not load libraries)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
 
-    def __init__(self, backend_target, build_timeout_s, run_timeout_s, memory_limit_mb=None):
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent():
+    """In the job process, before exec: Linux kills it when the thread that started it (the
+    agent's one worker) dies with the agent. Elsewhere a no-op."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class JobProcess(object):
+    """Runs jobs with the agent's build/run time limits, optional address-space cap and file
+    size cap, in scratch folders under ``scratch_dir``."""
+
+    def __init__(
+        self,
+        backend_target,
+        build_timeout_s,
+        run_timeout_s,
+        memory_limit_mb=None,
+        scratch_dir=None,
+        max_file_bytes=None,
+    ):
         self.backend_target = backend_target
         self.build_timeout_s = build_timeout_s
         self.run_timeout_s = run_timeout_s
         self.memory_limit_mb = memory_limit_mb
+        self.max_file_bytes = max_file_bytes
+        self.scratch_dir = scratch_dir
+        if scratch_dir is not None:
+            _clear_folder(scratch_dir)  # left by an agent that was killed
+        self._lock = threading.Lock()
+        self._proc = None
+        self._stopping = False
+
+    def stop(self):
+        """Kill the running job (its whole process group) and refuse new ones; the thread in
+        :meth:`run` then removes its scratch folder and returns a killed job's result."""
+        with self._lock:
+            self._stopping = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._kill(proc)
 
     def _limits(self, spec):
         build = min(spec.get("build_timeout_s") or self.build_timeout_s, self.build_timeout_s)
@@ -64,7 +118,7 @@ class JobProcess(object):
         ``model_path`` and ``engine_path`` (and a paired job's ``reference_model_path`` and
         ``reference_engine_path``); ``quiet_lock`` is the folder of the host's measurement
         lock, held through the run phase."""
-        work = tempfile.mkdtemp(prefix="jetson-agent-job-")
+        work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
         try:
             return self._run_in(work, paths, spec, quiet_lock)
         finally:
@@ -81,6 +135,7 @@ class JobProcess(object):
                 "backend_target": self.backend_target,
                 "result_path": result_path,
                 "memory_limit_mb": self.memory_limit_mb,
+                "max_file_bytes": self.max_file_bytes,
                 "quiet_lock": quiet_lock,
             }
         )
@@ -91,22 +146,35 @@ class JobProcess(object):
             p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
         )
         build_limit, run_limit = self._limits(spec)
-        with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "jetson_agent.job", request_path],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                universal_newlines=True,
-                start_new_session=True,
-                env=env,
-            )
+        with self._lock:
+            if self._stopping:
+                return {"status": errors.INFRA_ERROR, "message": "the agent is stopping"}
+            with open(stderr_path, "w") as stderr:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "jetson_agent.job", request_path],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    universal_newlines=True,
+                    start_new_session=True,
+                    preexec_fn=_die_with_agent,
+                    env=env,
+                )
+            self._proc = proc
         lines = queue.Queue()
         reader = threading.Thread(target=_read_phases, args=(proc.stdout, lines))
         reader.daemon = True
         reader.start()
         phase, timed_out = self._watch(proc, lines, build_limit, run_limit)
         proc.wait()
+        with self._lock:
+            self._proc = None
+            if self._stopping:
+                return {
+                    "status": errors.INFRA_ERROR,
+                    "message": "the agent stopped during %s; the job was killed" % phase,
+                    "phase": phase,
+                }
         reader.join(5)
         proc.stdout.close()
         if timed_out:
@@ -183,3 +251,11 @@ class JobProcess(object):
             % (returncode, phase, detail),
             "phase": phase,
         }
+
+
+def _clear_folder(folder):
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        return
+    for name in os.listdir(folder):
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)

@@ -62,3 +62,37 @@ def endless_loop_model(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def constant_bomb_model(path: Path, side: int = 4096) -> Path:
+    """A model of ~160 bytes whose constant folding makes a ``side``² float tensor (64 MB at
+    4096): onnxruntime's optimised graph, which the agent caches, holds it."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape"],
+                ["big"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+            ),
+            helper.make_node("Add", ["x", "big"], ["y"]),
+        ],
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [side, side])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [side, side])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def string_input_model(path: Path) -> Path:
+    """A valid model whose input is a string tensor: nothing the agent can feed."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, [1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

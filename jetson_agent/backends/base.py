@@ -55,6 +55,40 @@ class ModelInputs(object):
             for name, _shape, elem in self.inputs
         )
 
+    def feed_problem(self, spec):
+        # type: (...) -> Optional[str]
+        """Why the agent cannot feed this model as the spec asks, or None: shapes naming no
+        input, of another rank than the input's or disagreeing with its fixed dims, or an
+        element type the agent has no numpy type for. A mistake of the client, not of the
+        model, so the agent refuses the job (400) instead of failing its build."""
+        names = [name for name, _shape, _elem in self.inputs]
+        unknown = sorted(set(spec.input_shapes) - set(names))
+        if unknown:
+            return "spec.input_shapes names %s, but the model's inputs are %s" % (
+                ", ".join(unknown),
+                ", ".join(names),
+            )
+        shapes = self.resolved_shapes(spec)
+        for name, shape, elem in self.inputs:
+            if elem not in ELEM_TYPE_NAMES:
+                return "input %s has element type %s, which the agent cannot feed (it feeds %s)" % (
+                    name,
+                    elem,
+                    ", ".join(sorted(set(ELEM_TYPE_NAMES.values()))),
+                )
+            given = shapes[name]
+            fixed = ["?" if dim is None or dim <= 0 else str(dim) for dim in shape]
+            clash = len(given) != len(shape) or any(
+                want != "?" and int(want) != dim for want, dim in zip(fixed, given)
+            )
+            if shape and clash:
+                return "the spec feeds input %s a %s tensor, but the model takes %s" % (
+                    name,
+                    "x".join(str(d) for d in given),
+                    "x".join(fixed),
+                )
+        return None
+
     def resolved_shapes(self, spec):
         # type: (...) -> Dict[str, List[int]]
         """Concrete input shapes for a spec: its explicit shapes, else the model's own with

@@ -134,10 +134,19 @@ class OnnxRuntimeBackend(Backend):
                 # A damaged cached engine is the cache's fault, not the model's: rebuild.
                 os.remove(engine_path)
                 cache_hit = False
+        cached = True
         if session is None:
             partial = "%s.partial-%d" % (engine_path, os.getpid()) if engine_path else None
-            session = self._session(model_path, optimize=True, save_to=partial)
-            if partial and os.path.exists(partial):
+            try:
+                session = self._session(model_path, optimize=True, save_to=partial)
+            except (InvalidModel, BuildFailed):
+                if not (partial and os.path.exists(partial)):
+                    raise
+                # The model loaded and was optimised; saving the optimised graph failed (it
+                # outgrew the job's file size cap): run it without caching the graph.
+                os.remove(partial)
+                session, cached = self._session(model_path, optimize=True, save_to=None), False
+            if cached and partial and os.path.exists(partial):
                 os.rename(partial, engine_path)  # atomic: never a half-written engine
         build_time = time.perf_counter() - start
         if model is None:  # no onnx package on this device: read inputs from the session
@@ -170,4 +179,6 @@ class OnnxRuntimeBackend(Backend):
                 shapes,
             )
         )
+        if not cached:
+            command += "; optimised graph not cached: larger than the job's file size cap"
         return OrtSession(session, feeds), BuildInfo(build_time, cache_hit, command)

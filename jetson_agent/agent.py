@@ -131,13 +131,13 @@ class Agent(object):
     # -- submission ------------------------------------------------------------------------
     def submission_problem(self, model_sha, spec):
         """Why a job cannot run as asked, as ``(code, message)``, or None: the spec must fit
-        the candidate's inputs (``bad_spec``); a paired job's reference must be a model the
-        agent holds (``unknown_reference``), fed the same inputs (``reference_mismatch``).
+        the candidate's inputs (``input_mismatch``); a paired job's reference must be a model
+        the agent holds (``unknown_reference``), fed the same inputs (``reference_mismatch``).
         Models the agent cannot read here pass: the job reports them itself."""
         ours = self._model_inputs(model_sha)
         problem = ours.feed_problem(spec) if ours is not None else None
         if problem is not None:
-            return "bad_spec", problem
+            return "input_mismatch", problem
         if not spec.paired:
             return None
         reference = spec.reference["model_sha256"]

@@ -55,9 +55,9 @@ def inspect_model(path):
 
 
 def read_inputs(path):
-    """The model's inputs alone, parsed without the checker (the agent compares a paired job's
-    two models before queueing it); None without the ``onnx`` package or when the file does not
-    parse, which the job itself then reports."""
+    """The model's inputs alone, parsed without the checker (the agent checks a job's shapes
+    against them, and compares a paired job's two models, before queueing it); None without the
+    ``onnx`` package or when the file does not parse, which the job itself then reports."""
     if not _has_onnx():
         return None
     import onnx
@@ -66,7 +66,10 @@ def read_inputs(path):
         model = onnx.load(path, load_external_data=False)
     except Exception:
         return None
-    return ModelInputs(_inputs(model))
+    inputs = _inputs(model)
+    # Protobuf parses many byte strings as an empty model: one without inputs is not a model
+    # to compare, and the job reports it invalid.
+    return ModelInputs(inputs) if inputs else None
 
 
 def _inputs(model):

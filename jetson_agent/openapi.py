@@ -69,7 +69,8 @@ def openapi_document():
         "additionalProperties": False,
         "description": "null for a field is the same as leaving it out (a job's spec is "
         "answered with nulls for what it left out). Not iterations with duration_s, nor "
-        "duration_s in a paired job (one with a reference); ratio_ci and max_time_s only in one",
+        "duration_s in a paired job (one with a reference); ratio_ci and max_time_s only in one, "
+        "and repeats past %d only in one" % MAX_REPEATS,
         "allOf": [
             {"not": _given("iterations", "duration_s")},
             {"not": _given("reference", "duration_s")},
@@ -80,6 +81,7 @@ def openapi_document():
                         "properties": {
                             "ratio_ci": {"nullable": True, "enum": [None]},
                             "max_time_s": {"nullable": True, "enum": [None]},
+                            "repeats": {"nullable": True, "maximum": MAX_REPEATS},
                         }
                     },
                 ]
@@ -92,7 +94,7 @@ def openapi_document():
                 _SHAPE,
                 nullable=True,
                 description="full shape of the first input (batch included); it must have "
-                "the input's rank and agree with its fixed dims (else 400 bad_spec)",
+                "the input's rank and agree with its fixed dims (else 422 input_mismatch)",
             ),
             "input_shapes": {
                 "type": "object",
@@ -142,7 +144,7 @@ def openapi_document():
                 "description": "makes the job paired: this model (one the agent holds, fed the "
                 "same inputs as the candidate) is timed in blocks alternating with the "
                 "candidate's, in one process, and the result carries their speedup with an "
-                "interval (Result.paired). Unknown: 404 unknown_reference; other inputs: 400 "
+                "interval (Result.paired). Unknown: 404 unknown_reference; other inputs: 422 "
                 "reference_mismatch",
                 "properties": {
                     "model_sha256": _SHA256,
@@ -397,9 +399,16 @@ def openapi_document():
                         "400": dict(
                             _ERROR,
                             description="bad_request (a malformed body or Content-Length), "
-                            "bad_json, bad_spec (a field out of range, or shapes that do not fit "
-                            "the model's inputs), or reference_mismatch: the spec's reference is "
-                            "fed other inputs (shapes, element types) than the candidate",
+                            "bad_json, or bad_spec: what this document rules out (a field out of "
+                            "range, an unknown field, fields that exclude each other)",
+                        ),
+                        "422": dict(
+                            _ERROR,
+                            description="a valid request that does not fit the models it names: "
+                            "input_mismatch (shapes of another rank than the model's inputs, or "
+                            "disagreeing with their fixed dims; input_shapes naming no input; an "
+                            "input element type the agent cannot feed) or reference_mismatch (the "
+                            "reference is fed other inputs than the candidate)",
                         ),
                         "401": _ERROR,
                         "404": dict(

@@ -293,9 +293,9 @@ class AgentHandler(BaseHTTPRequestHandler):
                 "send multipart/form-data (spec + model) or application/json (spec + model_sha256)",
             )
         problem = agent.submission_problem(sha, spec)
-        if problem is not None:
+        if problem is not None:  # a valid request that does not fit the models it names
             code, message = problem
-            raise HttpError(404 if code == "unknown_reference" else 400, code, message)
+            raise HttpError(404 if code == "unknown_reference" else 422, code, message)
         job = agent.submit(sha, spec)
         self._send(
             202,

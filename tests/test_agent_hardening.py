@@ -272,7 +272,7 @@ def test_shapes_that_do_not_fit_the_model_are_the_clients_mistake(
     guarded: RunningAgent, vit_onnx: Path, spec: dict, fragment: str
 ) -> None:
     got, code, message = _spec_problem(guarded, vit_onnx, spec)
-    assert (got, code) == (400, "bad_spec")
+    assert (got, code) == (422, "input_mismatch")
     assert fragment in message
 
 
@@ -280,7 +280,7 @@ def test_an_input_the_agent_cannot_feed_is_refused_at_submission(
     guarded: RunningAgent, tmp_path: Path
 ) -> None:
     got, code, message = _spec_problem(guarded, string_input_model(tmp_path / "s.onnx"), {})
-    assert (got, code) == (400, "bad_spec")
+    assert (got, code) == (422, "input_mismatch")
     assert "element type 8, which the agent cannot feed" in message
 
 

@@ -260,14 +260,14 @@ def test_a_reference_lost_since_the_client_checked_is_uploaded_again(
     assert client.has_model(sha256_file(copy)) is True
 
 
-def test_a_reference_of_other_inputs_is_400_reference_mismatch(
+def test_a_reference_of_other_inputs_is_422_reference_mismatch(
     paired_agent: RunningAgent, models: dict[str, Path], shas: dict[str, str]
 ) -> None:
     wide = _upload(paired_agent, models["wide"])
     status, body = _submit(
         paired_agent, shas["candidate"], dict(FAST, reference={"model_sha256": wide})
     )
-    assert status == 400
+    assert status == 422
     assert body["error"]["code"] == "reference_mismatch"
     message = body["error"]["message"]
     assert "the reference takes input 1x3x48x48 float32" in message

@@ -280,7 +280,8 @@ def test_openapi_documents_paired_jobs_with_the_spec_limits() -> None:
     assert set(upload["responses"]) == {"201", "400", "401", "411", "413"}
     jobs = doc["paths"]["/v1/jobs"]["post"]["responses"]
     assert "unknown_reference" in jobs["404"]["description"]
-    assert "reference_mismatch" in jobs["400"]["description"]
+    assert "reference_mismatch" in jobs["422"]["description"]
+    assert "input_mismatch" in jobs["422"]["description"]
     paired = doc["components"]["schemas"]["Paired"]["properties"]
     assert paired["stopped_by"]["enum"] == ["target", "time_cap", "rounds"]
     result = doc["components"]["schemas"]["Result"]["properties"]

@@ -10,7 +10,9 @@ an unreachable agent), which must never be scored as a bad candidate.
 from __future__ import annotations
 
 import hashlib
+import http
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from jetson_agent import multipart
 from jetson_agent.errors import CANDIDATE_FAULTS, INFRA_ERROR, OK
 
 JsonDict = dict[str, Any]
+_AGENT_URL = re.compile(r"^https?://[^/\s?#]+/?$")
 
 
 class AgentError(Exception):
@@ -47,6 +50,17 @@ class AgentAuthError(AgentRequestError):
     """401: the bearer token is missing or wrong."""
 
 
+class BadAgentUrl(AgentError, ValueError):
+    """Not an agent's address: agents speak HTTP(S) at ``http://HOST:PORT``."""
+
+
+def check_agent_url(url: str) -> str:
+    """``url`` when it is an agent's address (``http(s)://HOST[:PORT]``), else BadAgentUrl."""
+    if not _AGENT_URL.match(url):
+        raise BadAgentUrl(f"{url!r} is not an agent URL: give http://HOST:PORT (or https://)")
+    return url
+
+
 class MeasurementTimeout(AgentError):
     """The job did not finish within the client's time limit (it may still be queued)."""
 
@@ -62,6 +76,13 @@ class MeasurementFailed(AgentError):
     @property
     def candidate_fault(self) -> bool:
         return self.status in CANDIDATE_FAULTS
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def sha256_file(path: Path) -> str:
@@ -93,7 +114,7 @@ class AgentClient:
         backoff_s: float = 0.5,
         job_timeout_s: float = 3600.0,
     ):
-        self.url = url.rstrip("/")
+        self.url = check_agent_url(url).rstrip("/")
         self.token = token
         self.request_timeout_s = request_timeout_s
         self.retries = retries
@@ -148,10 +169,16 @@ class AgentClient:
         try:
             error = json.loads(raw)["error"]
             code, message = error["code"], error["message"]
-        except (ValueError, KeyError, TypeError):
-            code, message = "http_error", raw[:200].decode("utf-8", "replace")
-        cls = AgentAuthError if status == 401 else AgentRequestError
-        raise cls(status, code, message)
+        except (ValueError, KeyError, TypeError):  # no JSON error (a HEAD answer has no body)
+            code = "http_error"
+            message = raw[:200].decode("utf-8", "replace") or _phrase(status)
+        if status == 401:
+            raise AgentAuthError(
+                status,
+                code,
+                f"{message}; give the agent's token (--token-file or $VITOPT_AGENT_TOKEN)",
+            )
+        raise AgentRequestError(status, code, message)
 
     # -- API -------------------------------------------------------------------------------
     def info(self) -> JsonDict:

@@ -14,7 +14,7 @@ from rich.table import Table
 from jetson_agent import spec as agent_spec
 
 from .agent_client import AgentClient, AgentError, MeasurementFailed, Reference
-from .study_note import speedup
+from .figures import speedup
 
 TOKEN_ENV = "VITOPT_AGENT_TOKEN"
 
@@ -234,8 +234,8 @@ def measure(
                 "use the form 1x3x224x224", param_hint="--input-shape"
             ) from exc
     console = Console(stderr=True)
-    client = _client(url, token_file, timeout)
     try:
+        client = _client(url, token_file, timeout)
         with console.status("submitting…") as status:
 
             def show(job: dict[str, Any]) -> None:

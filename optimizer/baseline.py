@@ -5,6 +5,7 @@ that shapes it, so re-running or resuming a campaign never retrains it."""
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,20 +17,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import Campaign, ModelConfig
+from .config import Campaign, CampaignError, ModelConfig
 from .training import train_epochs, validation_metric
 
 
 def campaign_task(campaign: Campaign) -> Any:
     """The task object (``task.name``) the campaign's plugins register."""
-    from .plugin_manager import build_plugin_manager
+    from .plugin_manager import build_plugin_manager, registered
 
-    tasks: dict[str, Any] = {}
-    for registered in build_plugin_manager(campaign.plugins.disable).hook.vitopt_register_tasks():
-        tasks.update(registered)
-    if campaign.task.name not in tasks:
-        raise ValueError(f"task {campaign.task.name!r} is not registered by any enabled plugin")
-    return tasks[campaign.task.name]
+    manager = build_plugin_manager(campaign.plugins.disable)
+    return registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name")
+
+
+def check_timm_model(name: str, key: str = "model.name") -> None:
+    """CampaignError unless timm has a model ``name`` (naming the closest it has)."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise CampaignError(
+            f"{key}: timm has no model {name!r}"
+            + (f" (close: {', '.join(close)})" if close else " (timm.list_models() lists them)")
+        )
 
 
 def build_model(
@@ -40,6 +47,7 @@ def build_model(
     a ``num_classes`` head."""
     if getattr(task, "build_model", None) is not None:
         return task.build_model(config, num_classes, image_size)
+    check_timm_model(config.name)
     kwargs: dict[str, Any] = {"num_classes": num_classes, **config.kwargs}
     kwargs.setdefault("img_size", image_size)
     try:

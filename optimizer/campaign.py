@@ -26,12 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .agent_client import Reference
 from .agent_pool import AgentLease, AgentPool, AgentPoolError, probe_agents
-from .baseline import prepare_baseline
+from .baseline import check_timm_model, prepare_baseline
 from .config import Campaign
 from .executor import Executor, make_executor
+from .figures import speedup
 from .local_agent import AgentStartError, local_agent
 from .pipeline import TrialOutcome, TrialRequest, load_splits
-from .plugin_manager import build_plugin_manager, collect_techniques
+from .plugin_manager import build_plugin_manager, collect_techniques, registered
 from .search_space import SearchSpace, build_search_space
 from .study import (
     AGENT_POOL_ATTR,
@@ -44,13 +45,14 @@ from .study import (
     baseline_trial,
     best_feasible,
     counted_trials,
+    failure_reasons,
     metric_label,
     open_study,
     record,
     reference_drift,
     reference_jobs,
 )
-from .study_note import name_objectives, speedup, write_note
+from .study_note import name_objectives, write_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -139,6 +141,21 @@ def baseline_reference(campaign: Campaign, base: optuna.trial.FrozenTrial) -> Re
             "start a new campaign name"
         )
     return Reference(path, base.user_attrs.get("precision", "fp32"))
+
+
+def preflight(campaign: Campaign) -> None:
+    """What the campaign file names that only the enabled plugins and timm know: its data
+    source, its task and (unless the task builds its own) its timm model. CampaignError
+    naming the key."""
+
+    def key(name: str) -> str:  # as load_campaign names them: FILE: KEY
+        return f"{campaign.source}: {name}" if campaign.source else name
+
+    manager = build_plugin_manager(campaign.plugins.disable)
+    registered(manager.hook.vitopt_register_datasets(), campaign.data.source, key("data.source"))
+    task = registered(manager.hook.vitopt_register_tasks(), campaign.task.name, key("task.name"))
+    if getattr(task, "build_model", None) is None:
+        check_timm_model(campaign.model.name, key("model.name"))
 
 
 def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
@@ -239,6 +256,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         "baseline": None,
         "best": None,
         "reference": reference_drift(reference_jobs(trials)),
+        "failures": failure_reasons(trials),
     }
     if base is not None:
         summary["baseline"] = {
@@ -309,9 +327,12 @@ def run_campaign(
     # SIGTERM stops a run the way Ctrl-C does, set-up included (the embedded agent is stopped).
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        # Names only the plugins and timm know, then the study: a campaign file that cannot
+        # run fails before anything is written or trained.
+        preflight(campaign)
+        study = open_study(campaign)
         with agent_endpoint(campaign, console, agent_urls) as endpoint:
             setup = prepare(campaign, console, endpoint)
-            study = open_study(campaign)
             check_device_type(study, setup.device_type)
             recovered = recover_interrupted(study)
             if recovered:

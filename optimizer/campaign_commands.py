@@ -25,6 +25,7 @@ from .campaign import (
 )
 from .config import Campaign, CampaignError, load_campaign
 from .executor import ClusterUnavailable
+from .figures import speedup
 from .pipeline import TrialOutcome, TrialRequest, run_trial
 from .plugin_manager import PluginError
 from .storage import StorageUnavailable
@@ -35,12 +36,14 @@ from .study import (
     baseline_trial,
     best_feasible,
     counted_trials,
+    failure_reasons,
     load_existing_study,
     metric_label,
     reference_drift,
     reference_jobs,
 )
-from .study_note import drift_line, speedup
+from .study_note import drift_line
+from .trial_log import LOG_NAME, LOG_TAIL_ATTR
 
 USER_ERRORS = (
     CampaignError,
@@ -58,14 +61,21 @@ _agents_option = click.option(
     metavar="URL",
     help="a device agent URL; repeat for a pool (overrides agents.urls)",
 )
+_storage_option = click.option(
+    "--storage",
+    metavar="URL",
+    help="the study's Optuna storage URL, overriding the campaign file's "
+    "(default sqlite:///runs/NAME/study.db); give the one 'vitopt run --storage' was given",
+)
 _campaign_arg = click.argument(
     "campaign_file", metavar="CAMPAIGN.yaml", type=click.Path(dir_okay=False, path_type=Path)
 )
 
 
-def _load(path: Path, **overrides: Any) -> Campaign:
+def _load(path: Path, storage: str | None = None, **overrides: Any) -> Campaign:
+    """The campaign file, validated, with ``--storage`` and other command-line overrides."""
     try:
-        return load_campaign(path, **overrides)
+        return load_campaign(path, **{"storage.url": storage}, **overrides)
     except CampaignError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -78,9 +88,15 @@ def _fmt_trial(trial: FrozenTrial) -> list[str]:
         speedup(attrs.get("speedup"), attrs.get("speedup_ci")),
         f"{attrs.get('accuracy', float('nan')) * 100:.2f}",
         f"{attrs.get('accuracy_drop', float('nan')) * 100:+.2f}",
+        _millions(attrs.get("params_count")),
+        _millions(attrs.get("macs")),
         "yes" if attrs.get("feasible") else "no",
         ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items())),
     ]
+
+
+def _millions(count: Any) -> str:
+    return "—" if count is None else f"{count / 1e6:.2f}"
 
 
 def _short(value: Any) -> str:
@@ -90,7 +106,17 @@ def _short(value: Any) -> str:
 def trials_table(title: str, trials: list[FrozenTrial]) -> Table:
     table = Table(title=title)
     label = metric_label(trials[0].user_attrs) if trials else "top-1"
-    columns = ("trial", "p50 ms", "speedup [95 %]", f"{label} %", "drop pt", "feasible", "params")
+    columns = (
+        "trial",
+        "p50 ms",
+        "speedup [95 %]",
+        f"{label} %",
+        "drop pt",
+        "weights M",
+        "MACs M",
+        "feasible",
+        "params",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "params" else "right")
     for trial in trials:
@@ -122,7 +148,19 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print("  params: " + json.dumps(best["params"], sort_keys=True))
     else:
         console.print("[yellow]no feasible candidate yet[/]")
+    print_failures(console, summary["failures"])
     print_drift(console, summary["reference"])
+
+
+def print_failures(console: Console, failures: list[dict[str, Any]], shown: int = 10) -> None:
+    """Why trials failed, one line each (the last ``shown``); the rest by count."""
+    if not failures:
+        return
+    console.print(f"[red]failed trials[/] ({len(failures)}; details: vitopt status --trial N):")
+    if len(failures) > shown:
+        console.print(f"  … {len(failures) - shown} earlier")
+    for failure in failures[-shown:]:
+        console.print(f"  #{failure['trial']}: {failure['reason']}", soft_wrap=True, markup=False)
 
 
 def print_drift(console: Console, drift: dict[str, Any] | None) -> None:
@@ -136,7 +174,7 @@ def print_drift(console: Console, drift: dict[str, Any] | None) -> None:
 @click.option("--trials", type=click.IntRange(min=1), help="total trials (overrides search.trials)")
 @click.option("--workers", type=click.IntRange(min=0), help="parallel trials; 0 = in-process")
 @_agents_option
-@click.option("--storage", help="Optuna storage URL (default sqlite:///runs/NAME/study.db)")
+@_storage_option
 @click.option(
     "--ray-address",
     help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
@@ -159,11 +197,8 @@ def run(
     Ctrl-C stops within seconds; the same command resumes."""
     campaign = _load(
         campaign_file,
-        **{
-            "search.trials": trials,
-            "storage.url": storage,
-            "execution.ray_address": ray_address,
-        },
+        storage,
+        **{"search.trials": trials, "execution.ray_address": ray_address},
     )
     console = Console(stderr=as_json)
     try:
@@ -242,11 +277,22 @@ def agents_table(trials: list[FrozenTrial], pool: list[dict[str, Any]]) -> Table
 @click.command()
 @_campaign_arg
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
-def status(campaign_file: Path, top: int) -> None:
-    """Show progress, baseline, best feasible candidate, top trials and the Pareto front."""
-    campaign = _load(campaign_file)
+@click.option(
+    "--trial",
+    "number",
+    type=click.IntRange(min=0),
+    help="show this trial alone: state, why it failed or was cut, its figures, its log's end",
+)
+@_storage_option
+def status(campaign_file: Path, top: int, number: int | None, storage: str | None) -> None:
+    """Show progress, baseline, best feasible candidate, top trials, the Pareto front and why
+    trials failed; with --trial N, that trial in full."""
+    campaign = _load(campaign_file, storage)
     study = _open_existing(campaign)
     console = Console()
+    if number is not None:
+        print_trial(console, campaign, _pick(study, str(number), complete=False))
+        return
     trials = counted_trials(study)
     states = [t.state for t in trials]
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -277,6 +323,27 @@ def status(campaign_file: Path, top: int) -> None:
     console.print(nodes_table(finished))
     if best is None:
         console.print("[yellow]no feasible candidate yet[/]")
+    print_failures(console, failure_reasons(trials))
+
+
+def print_trial(console: Console, campaign: Campaign, trial: FrozenTrial) -> None:
+    """One trial in full: its state and why, its figures, parameters and its log's last lines."""
+    attrs = trial.user_attrs
+    console.print(f"[bold]trial {trial.number}[/]: {trial.state.name}")
+    for key in ("fail_reason", "pruned_reason"):
+        if attrs.get(key):
+            console.print(f"  {key.replace('_', ' ')}: {attrs[key]}", soft_wrap=True, markup=False)
+    console.print(trials_table(f"trial {trial.number}", [trial]))
+    resolved = attrs.get(RESOLVED_PARAMS_ATTR) or trial.params
+    console.print("  params: " + json.dumps(resolved, sort_keys=True), soft_wrap=True)
+    log = campaign.run_dir / "trials" / f"{trial.number:05d}" / LOG_NAME
+    tail = attrs.get(LOG_TAIL_ATTR) or []
+    console.print(
+        f"  log ({log if log.exists() else 'the dashboard lists it as an artifact'}), "
+        f"last {len(tail)} lines:"
+    )
+    for line in tail:
+        console.print(f"    {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _run_one(
@@ -317,9 +384,10 @@ def _run_one(
 @click.command()
 @_campaign_arg
 @_agents_option
-def baseline(campaign_file: Path, agent_urls: tuple[str, ...]) -> None:
+@_storage_option
+def baseline(campaign_file: Path, agent_urls: tuple[str, ...], storage: str | None) -> None:
     """Measure the uncompressed model only: its accuracy and latency on the device."""
-    campaign = _load(campaign_file)
+    campaign = _load(campaign_file, storage)
     console = Console()
     outcome = _run_one(
         campaign,
@@ -345,9 +413,12 @@ def baseline(campaign_file: Path, agent_urls: tuple[str, ...]) -> None:
 @click.option("--trial", "which", default="best", show_default=True, help="a trial number or best")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @_agents_option
-def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ...]) -> None:
+@_storage_option
+def export(
+    campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ...], storage: str | None
+) -> None:
     """Rebuild a candidate deterministically: ONNX model, safetensors weights and a report."""
-    campaign = _load(campaign_file)
+    campaign = _load(campaign_file, storage)
     study = _open_existing(campaign)
     trial = _pick(study, which)
     base = baseline_trial(study)
@@ -392,19 +463,24 @@ def export(campaign_file: Path, which: str, out: Path, agent_urls: tuple[str, ..
     )
 
 
-def _pick(study: optuna.Study, which: str) -> FrozenTrial:
+def _pick(study: optuna.Study, which: str, complete: bool = True) -> FrozenTrial:
+    """The trial ``which`` names ('best' or its number); ``complete``: it must have completed."""
     if which == "best":
         best = best_feasible(study)
         if best is None:
             raise click.ClickException("no feasible trial yet")
         return best
-    try:
-        trial = study.trials[int(which)]
-    except (ValueError, IndexError) as exc:
+    if not which.isdigit():
+        raise click.BadParameter(f"'best' or a trial number, got {which!r}", param_hint="--trial")
+    numbers = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    trial = numbers.get(int(which))
+    if trial is None:
         raise click.ClickException(
-            f"--trial must be 'best' or a trial number, got {which}"
-        ) from exc
-    if trial.state != TrialState.COMPLETE:
+            f"no trial {which} in {study.study_name!r}: its trials are 0 to {max(numbers)}"
+            if numbers
+            else f"no trial {which}: {study.study_name!r} has no trials yet"
+        )
+    if complete and trial.state != TrialState.COMPLETE:
         raise click.ClickException(f"trial {trial.number} is {trial.state.name}, not COMPLETE")
     return trial
 

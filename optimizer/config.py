@@ -6,14 +6,23 @@ Input should be greater than 0``), never a traceback: a campaign is user input.
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from jetson_agent import spec as agent_spec
+
+from .agent_client import check_agent_url
+
+MAX_TRIALS = 100_000  # a search far past what any campaign runs: a typo, not a plan
+MAX_WORKERS = 4096
 
 
 class CampaignError(Exception):
@@ -21,7 +30,9 @@ class CampaignError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting: NaN would pass every bound (NaN <= 1 is false, so
+    # pydantic would say "should be <= 1" of it), infinity is no limit a run can reach.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BaselineTraining(_Strict):
@@ -105,14 +116,14 @@ class ParamOverride(_Strict):
 class SearchConfig(_Strict):
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     seed: int = 0
-    trials: int = Field(20, ge=1)
+    trials: int = Field(20, ge=1, le=MAX_TRIALS)
     timeout_s: float | None = Field(None, gt=0)
     space: dict[str, ParamOverride] = Field(default_factory=dict)
     space_file: Path | None = None
 
 
 class ExecutionConfig(_Strict):
-    workers: int = Field(2, ge=0, description="parallel trials; 0 runs in-process")
+    workers: int = Field(2, ge=0, le=MAX_WORKERS, description="parallel trials; 0 runs in-process")
     num_cpus: float = Field(1, gt=0, description="Ray CPUs each trial holds")
     num_gpus: float = Field(0, ge=0, description="Ray GPUs each trial holds (pins it to GPU nodes)")
     resources: dict[str, float] = Field(
@@ -201,10 +212,7 @@ class AgentsConfig(_Strict):
     @field_validator("urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise ValueError(f"{url!r} is not an http(s) URL")
-        return urls
+        return [check_agent_url(url) for url in urls]
 
 
 class StorageConfig(_Strict):
@@ -220,13 +228,32 @@ class StorageConfig(_Strict):
     def _url_alone(cls, data: Any) -> Any:
         return {"url": data} if isinstance(data, str) else data
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        """A URL SQLAlchemy can parse and has a dialect for, checked before anything trains
+        (whether the dialect's driver is installed is checked when the storage opens)."""
+        if url is None:
+            return None
+        try:
+            make_url(url).get_dialect()
+        except NoSuchModuleError as exc:  # an ArgumentError: first
+            scheme = url.split(":", 1)[0]
+            raise ValueError(
+                f"{url!r}: no database kind {scheme!r} (sqlite:///FILE, postgresql://..., "
+                "mysql://...)"
+            ) from exc
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"{url!r} is not a database URL (e.g. postgresql://host/db)") from exc
+        return url
+
 
 class PluginsConfig(_Strict):
     disable: list[str] = Field(default_factory=list)
 
 
 class Campaign(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="the study's name and its folder runs/NAME")
     model: ModelConfig
     teacher: TeacherConfig = TeacherConfig()
     task: TaskConfig = TaskConfig()
@@ -238,6 +265,16 @@ class Campaign(_Strict):
     storage: StorageConfig = StorageConfig()
     plugins: PluginsConfig = PluginsConfig()
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
+            raise ValueError(
+                f"{name!r} is not a folder name under runs/: up to 100 letters, digits, _ . -, "
+                "starting with a letter or digit"
+            )
+        return name
 
     @property
     def run_dir(self) -> Path:
@@ -252,13 +289,36 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML
+    itself keeps the last one silently: a second ``objective:`` would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
         raise CampaignError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CampaignError(f"{path}: not a text file ({exc.reason})") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -267,36 +327,86 @@ def _read_yaml(path: Path) -> Any:
         ) from exc
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the campaign file allows at ``loc`` (a section's path), for suggestions."""
+    model: Any = Campaign
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(parts.pop(0))
+        if field is None:
+            return []
+        model = field.annotation
+        if typing.get_origin(model) is dict:  # search.space: NAME -> ParamOverride
+            model = typing.get_args(model)[1]
+            if parts:
+                parts.pop(0)  # the NAME
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _first_error(path: Path, exc: ValidationError) -> str:
+    """One line for the most telling error: an unknown key first (with the key it most likely
+    meant), since a misspelt key also makes the key it meant missing."""
+    errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        *section, key = first["loc"]
+        known = [name for name in _fields_at(tuple(section)) if name != "source"]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = (
+            f"; did you mean {close[0]}?"
+            if close
+            else (f"; known: {', '.join(known)}" if known else "")
+        )
+        return f"{path}: {_location(first['loc'])}: unknown key{hint}{more}"
+    if first["type"] in ("model_type", "dict_type"):  # pydantic: "instance of SearchConfig"
+        message = f"expected a section (a mapping), got {first['input']!r}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+    return f"{path}: {_location(first['loc'])}: {message}{more}"
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    """``data[a][b] = value`` for ``a.b``; a section the file leaves empty becomes one."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for depth, key in enumerate(parents):
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            where = ".".join(parents[: depth + 1])
+            raise CampaignError(f"{path}: {where}: expected a section (a mapping), got {node!r}")
+    node[leaf] = value
+
+
 def load_campaign(path: Path | str, **overrides: Any) -> Campaign:
     """Read and validate ``path``; ``overrides`` replace dotted keys (``search.trials=5``)."""
     path = Path(path)
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise CampaignError(f"{path}: expected a mapping of sections at the top level")
+    # A section given with nothing under it (``search:``) is a section of defaults.
+    data = {key: value for key, value in data.items() if value is not None}
     if isinstance(data.get("storage"), str):  # the short form, so that storage.url overrides it
         data["storage"] = {"url": data["storage"]}
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    space_file = (data.get("search") or {}).get("space_file")
+        if value is not None:
+            _set(data, dotted, value, path)
+    search = data.get("search")
+    space_file = search.get("space_file") if isinstance(search, dict) else None
     if space_file:
         space_path = (path.parent / space_file).resolve()
         space = _read_yaml(space_path)
         if not isinstance(space, dict):
             raise CampaignError(f"{space_path}: expected a mapping of parameter overrides")
-        data["search"]["space"] = {**space, **(data["search"].get("space") or {})}
+        search["space"] = {**space, **(search.get("space") or {})}
     try:
         campaign = Campaign.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")
-        raise CampaignError(f"{path}: {_location(first['loc'])}: {message}{more}") from None
+        raise CampaignError(_first_error(path, exc)) from None
     return _absolute_paths(campaign).model_copy(update={"source": path})
 
 

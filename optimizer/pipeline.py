@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import shutil
 import socket
 import time
@@ -30,8 +31,14 @@ from .baseline import load_model, load_teacher
 from .config import Campaign
 from .export import export_onnx
 from .model_stats import count_macs, count_params, example_input, onnx_size_bytes
-from .plugin_manager import RegisteredTechnique, build_plugin_manager, collect_techniques
+from .plugin_manager import (
+    RegisteredTechnique,
+    build_plugin_manager,
+    collect_techniques,
+    registered,
+)
 from .technique import OnnxArtifact, StageContext, TrialPruned
+from .trial_log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
 
 ShouldPrune = Callable[[int, float], bool]
 # Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
@@ -73,23 +80,13 @@ def _splits(data_json: str) -> Any:
     from .config import DataConfig
 
     data = DataConfig.model_validate_json(data_json)
-    manager = build_plugin_manager()
-    sources: dict[str, Any] = {}
-    for registered in manager.hook.vitopt_register_datasets():
-        sources.update(registered)
-    return sources[data.source](data)
+    answers = build_plugin_manager().hook.vitopt_register_datasets()
+    return registered(answers, data.source, "data.source")(data)
 
 
 def load_splits(campaign: Campaign) -> Any:
     """The campaign's data, loaded once per process."""
     return _splits(campaign.data.model_dump_json())
-
-
-def _task(manager: Any, name: str) -> Any:
-    tasks: dict[str, Any] = {}
-    for registered in manager.hook.vitopt_register_tasks():
-        tasks.update(registered)
-    return tasks[name]
 
 
 class _Measurer:
@@ -137,34 +134,58 @@ def _reference_job(result: dict[str, Any], metric: str) -> dict[str, float]:
 
 
 def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) -> TrialOutcome:
-    """Run one trial; never raises (a failure is a FAIL outcome with its reason)."""
+    """Run one trial; never raises (a failure is a FAIL outcome with its reason). What its
+    techniques log, and how it ended, is its ``trial.log`` (an artifact whatever the outcome)."""
     outcome = TrialOutcome(request.number, "FAIL")
     started = time.monotonic()
     measure = _Measurer(request)
     colocation.share_device(request.quiet_lock)
-    try:
-        _run(request, outcome, should_prune, measure)
-    except TrialPruned:
-        outcome.state = "PRUNED"
-        outcome.attrs.setdefault("pruned_reason", "validation accuracy (Optuna pruner)")
-    except MeasurementFailed as exc:
-        outcome.state = "FAIL"
-        outcome.attrs["fail_reason"] = f"agent: {exc}"
-        outcome.attrs["fail_status"] = exc.status
-        outcome.attrs["candidate_fault"] = exc.candidate_fault
-    except TechniqueFailed as exc:
-        outcome.state = "FAIL"
-        outcome.attrs["fail_reason"] = str(exc)
-        cause = exc.__cause__ or exc  # the plugin's own frames, not the check's
-        lines = traceback.format_exception(type(cause), cause, cause.__traceback__)
-        outcome.attrs["traceback"] = "".join(lines)[-4000:]
-    except Exception as exc:
-        outcome.state = "FAIL"
-        outcome.attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
-        outcome.attrs["traceback"] = traceback.format_exc()[-4000:]
-    outcome.attrs["trial_wall_s"] = time.monotonic() - started
-    outcome.attrs["agent_jobs"] = measure.pooled.log
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    with TrialLog(request.work_dir, request.number) as log:
+        try:
+            _run(request, outcome, should_prune, measure, log.logger)
+        except TrialPruned:
+            outcome.state = "PRUNED"
+            outcome.attrs.setdefault("pruned_reason", "validation accuracy (Optuna pruner)")
+        except MeasurementFailed as exc:
+            outcome.state = "FAIL"
+            outcome.attrs["fail_reason"] = f"agent: {exc}"
+            outcome.attrs["fail_status"] = exc.status
+            outcome.attrs["candidate_fault"] = exc.candidate_fault
+        except TechniqueFailed as exc:
+            outcome.state = "FAIL"
+            outcome.attrs["fail_reason"] = str(exc)
+            cause = exc.__cause__ or exc  # the plugin's own frames, not the check's
+            lines = traceback.format_exception(type(cause), cause, cause.__traceback__)
+            outcome.attrs["traceback"] = "".join(lines)[-4000:]
+        except Exception as exc:
+            outcome.state = "FAIL"
+            outcome.attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
+            outcome.attrs["traceback"] = traceback.format_exc()[-4000:]
+        outcome.attrs["trial_wall_s"] = time.monotonic() - started
+        outcome.attrs["agent_jobs"] = measure.pooled.log
+        _log_ending(log.logger, outcome)
+        outcome.attrs[LOG_TAIL_ATTR] = log.tail
+    outcome.artifacts[LOG_NAME] = str(log.path)
     return outcome
+
+
+def _log_ending(log: logging.Logger, outcome: TrialOutcome) -> None:
+    attrs = outcome.attrs
+    if outcome.state == "FAIL":
+        log.error("trial %d failed: %s", outcome.number, attrs.get("fail_reason"))
+        if attrs.get("traceback"):
+            log.error("%s", attrs["traceback"].rstrip())
+    elif outcome.state == "PRUNED":
+        log.info("trial %d pruned: %s", outcome.number, attrs.get("pruned_reason"))
+    else:
+        log.info(
+            "trial %d complete: accuracy %.4f, speedup %.3f×, %.0f s",
+            outcome.number,
+            outcome.accuracy,
+            attrs.get("speedup", float("nan")),
+            attrs["trial_wall_s"],
+        )
 
 
 def _run(
@@ -172,6 +193,7 @@ def _run(
     outcome: TrialOutcome,
     should_prune: ShouldPrune | None,
     measure: _Measurer,
+    log: logging.Logger,
 ) -> None:
     campaign = request.campaign
     torch.set_num_threads(campaign.execution.torch_threads)
@@ -184,9 +206,9 @@ def _run(
     manager = build_plugin_manager(campaign.plugins.disable)
     stages: dict[str, list[RegisteredTechnique]] = {"prune": [], "train": [], "quantize": []}
     declared: set[str] = set()
-    for registered in collect_techniques(manager):
-        stages[registered.technique.stage].append(registered)
-        declared.update(spec.name for spec in registered.technique.search_space())
+    for entry in collect_techniques(manager):
+        stages[entry.technique.stage].append(entry)
+        declared.update(spec.name for spec in entry.technique.search_space())
     unknown = sorted(set(params) - declared)
     if unknown:  # the driver has a plugin this process lacks: never run without it silently
         raise TechniqueFailed(
@@ -217,7 +239,7 @@ def _run(
             )
         ),
         val_loader=DataLoader(splits.val, batch_size=256),
-        task=_task(manager, campaign.task.name),
+        task=registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name"),
         teacher=teacher,
         device_info=request.device_info,
         work_dir=work,
@@ -225,6 +247,7 @@ def _run(
         report=report,
         calibration_size=campaign.data.calibration_size,
         trial_number=request.number,
+        log=log,
     )
     example = example_input(ctx.input_shape)
 

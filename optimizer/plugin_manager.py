@@ -443,3 +443,20 @@ def survey(disable: Iterable[str] = ()) -> Survey:
         status.error = status.error or problem
     known = {status.source.name for status in statuses}
     return Survey(statuses, sorted(skip - known))
+
+
+def registered(answers: Iterable[Mapping[str, Any]], name: str, key: str) -> Any:
+    """The entry ``name`` among what the enabled plugins registered (the dicts a
+    ``vitopt_register_*`` hook answered); a name none registered is the campaign file's mistake:
+    CampaignError naming its ``key`` and the names there are."""
+    from .config import CampaignError
+
+    known: dict[str, Any] = {}
+    for answer in answers:
+        known.update(answer)
+    if name not in known:
+        raise CampaignError(
+            f"{key}: {name!r} is not registered by any enabled plugin "
+            f"(registered: {', '.join(sorted(known)) or 'none'}; see vitopt plugins)"
+        )
+    return known[name]

@@ -27,8 +27,9 @@ from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
+from .figures import ms, pct, points, speedup
 from .study import BASELINE_ATTR, baseline_trial
-from .study_note import digest, drift_line, ms, pct, points, speedup
+from .study_note import digest, drift_line
 
 PNG_FILES = {
     "scatter": "latency_accuracy.png",

@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import click
 from rich.console import Console
 
-from .campaign_commands import _campaign_arg, _load, _open_existing
+from .campaign_commands import _campaign_arg, _load, _open_existing, _storage_option
 from .report import ReportError, write_report
 from .study import artifact_store
 from .study_note import name_objectives, write_note
@@ -39,14 +39,15 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     show_default=True,
     help="address to listen on; 0.0.0.0 shows the study to the whole network, unauthenticated",
 )
-def dashboard(campaign_file: Path, port: int, host: str) -> None:
+@_storage_option
+def dashboard(campaign_file: Path, port: int, host: str, storage: str | None) -> None:
     """Open the campaign's study in optuna-dashboard, with its artifacts (each trial's
     model.onnx and measurement.json), until Ctrl-C.
 
     Run it where 'vitopt run' ran: the study and runs/NAME/artifacts are found from there."""
     from optuna_dashboard import get_note, wsgi
 
-    campaign = _load(campaign_file)
+    campaign = _load(campaign_file, storage)
     study = _open_existing(campaign)
     # A study recorded before vitopt wrote them: label the objectives and write the note now.
     name_objectives(study, campaign)
@@ -86,11 +87,12 @@ def dashboard(campaign_file: Path, port: int, host: str) -> None:
     required=True,
     help="folder for report.html, the PNG figures and summary.json",
 )
-def report(campaign_file: Path, out: Path) -> None:
+@_storage_option
+def report(campaign_file: Path, out: Path, storage: str | None) -> None:
     """Write a self-contained review of the campaign: report.html (opens offline), PNG
     figures (latency vs top-1 with the feasible region, Pareto front, parameter importances,
     history) and summary.json."""
-    campaign = _load(campaign_file)
+    campaign = _load(campaign_file, storage)
     study = _open_existing(campaign)
     try:
         data = write_report(study, campaign, out)

@@ -195,15 +195,23 @@ def _engine_kwargs(parsed: URL, retry_s: float) -> dict[str, Any]:
     return kwargs
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database)
+    return None
+
+
 def open_storage(url: str, retry_s: float) -> BaseStorage:
     """The Optuna storage at `url` (any RDB URL; an SQLite file's folder is created), every
     call retried for up to `retry_s` seconds on transient database errors.
 
     Raises StorageUnavailable when the database does not answer within `retry_s`, or at once
     when the URL's database driver is not installed."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    parsed, database = make_url(url), sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = _engine_kwargs(parsed, retry_s)
     try:
         # IntegrityError: another process (a dashboard, a status command) created the tables

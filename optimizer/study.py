@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
 from .pipeline import REFERENCE_JOBS_ATTR, TrialOutcome
-from .storage import open_storage
+from .storage import open_storage, sqlite_file
+from .trial_log import LOG_NAME
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
@@ -74,7 +75,11 @@ def open_study(campaign: Campaign) -> optuna.Study:
 def load_existing_study(campaign: Campaign) -> optuna.Study:
     """The campaign's study as stored, for the commands that read it (status, export), with
     the same retries as the driver's; raises KeyError, like optuna.load_study, when no campaign
-    of that name has run there."""
+    of that name has run there. Reading creates nothing: a study file that does not exist is
+    no study, not a new empty file."""
+    database = sqlite_file(campaign.storage_url)
+    if database is not None and not database.exists():
+        raise KeyError(campaign.name)
     return optuna.load_study(
         study_name=campaign.name,
         storage=open_storage(campaign.storage_url, campaign.storage.retry_s),
@@ -175,8 +180,9 @@ def record(
     )
     if study.user_attrs.get(CONSTRAINT_NAMES_ATTR) != list(constraints):
         study.set_user_attr(CONSTRAINT_NAMES_ATTR, list(constraints))
-    if outcome.state != "FAIL":  # complete, or cut after its probe: the model as timed
-        for path in outcome.artifacts.values():
+    for name, path in outcome.artifacts.items():
+        # The log always; the model as timed when complete or cut after its probe.
+        if outcome.state != "FAIL" or name == LOG_NAME:
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
     if outcome.state == "COMPLETE":
         values: Any = latency
@@ -216,3 +222,14 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=done)
         if not (t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(RETRIED_ATTR))
     ]
+
+
+def failure_reasons(trials: Iterable[FrozenTrial]) -> list[dict[str, Any]]:
+    """Each failed trial's number and the first line of why it failed, in trial order."""
+    failed = []
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            reason = str(trial.user_attrs.get("fail_reason") or "").strip()
+            first = reason.splitlines()[0] if reason else "no reason recorded"
+            failed.append({"trial": trial.number, "reason": first})
+    return failed

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
+from .figures import ms, pct, points, speedup
 from .study import (
     DRIFT_LIMIT,
     INTERRUPTED_ATTR,
@@ -133,29 +134,6 @@ def _candidate(trial: FrozenTrial) -> dict[str, Any]:
         "accuracy_drop": attrs.get("accuracy_drop"),
         "params": dict(trial.params),
     }
-
-
-def pct(value: float | None) -> str:
-    """A top-1 fraction as the note and the report print it: 93.68%."""
-    return "-" if value is None else f"{value * 100:.2f}%"
-
-
-def points(value: float | None) -> str:
-    """An accuracy difference (fraction) in percentage points, signed: +0.74 pt."""
-    return "-" if value is None else f"{value * 100:+.2f} pt"
-
-
-def ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ms"
-
-
-def speedup(value: float | None, interval: list[float] | None = None) -> str:
-    """A paired speedup with its 95 % interval, as every view prints it: 1.42× [1.40–1.45]."""
-    if value is None:
-        return "-"
-    if not interval:
-        return f"{value:.2f}×"
-    return f"{value:.2f}× [{interval[0]:.2f}–{interval[1]:.2f}]"
 
 
 def drift_line(reference: dict[str, Any] | None) -> str:

@@ -61,13 +61,35 @@ def _with(**sections: object) -> dict:
             _with(execution__workers=-1),
             "execution.workers: Input should be greater than or equal to 0",
         ),
-        (_with(agents__urls=["ftp://nano"]), "agents.urls: 'ftp://nano' is not an http(s) URL"),
-        (_with(modle={"name": "x"}), "modle: Extra inputs are not permitted"),
+        (_with(agents__urls=["ftp://nano"]), "agents.urls: 'ftp://nano' is not an agent URL"),
+        (_with(modle={"name": "x"}), "modle: unknown key; did you mean model?"),
         (
             _with(search__space={"prune.ratio": {"lo": 0.1}}),
-            "search.space.prune.ratio.lo: Extra inputs are not permitted",
+            "search.space.prune.ratio.lo: unknown key; did you mean low?",
         ),
-        (_with(name="my campaign!"), "name: String should match pattern"),
+        (_with(name="my campaign!"), "name: 'my campaign!' is not a folder name under runs/"),
+        # What a careless user writes (issue 11): each one line naming the key.
+        (_with(search="fast"), "search: expected a section (a mapping), got 'fast'"),
+        (_with(storage="foo://bar"), "storage.url: 'foo://bar': no database kind 'foo'"),
+        (_with(storage="not a url"), "storage.url: 'not a url' is not a database URL"),
+        (
+            _with(objective={"max_acuracy_drop": 0.01}),
+            "objective.max_acuracy_drop: unknown key; did you mean max_accuracy_drop?",
+        ),
+        (
+            _with(objective={"max_accuracy_drop": float("nan")}),
+            "objective.max_accuracy_drop: Input should be a finite number",
+        ),
+        (_with(search__timeout_s=float("inf")), "search.timeout_s: Input should be a finite"),
+        (_with(search__trials=1e30), "search.trials: Unable to parse input"),
+        (_with(search__trials=1e6), "search.trials: Input should be less than or equal to 100000"),
+        (_with(search__trials=2.5), "search.trials: Input should be a valid integer"),
+        (_with(name=".."), "name: '..' is not a folder name under runs/"),
+        (_with(name="."), "name: '.' is not a folder name under runs/"),
+        (_with(name="-x"), "name: '-x' is not a folder name under runs/"),
+        (yaml.safe_dump(MINIMAL) + "objective:\n  max_accuracy_drop: 0.5\n", "duplicate key"),
+        ("name: t\nname: u\n", "line 2: not valid YAML: duplicate key 'name'"),
+        (b"\xff\xfe".decode("latin-1"), "expected a mapping of sections"),
         (
             _with(teacher={"name": "deit_small_patch16_224"}),
             "teacher: a teacher other than the baseline needs a checkpoint",
@@ -82,6 +104,21 @@ def test_broken_campaigns_name_the_key(tmp_path: Path, data: object, fragment: s
     assert message.startswith(str(path))
     assert fragment in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("section", ["search", "data", "execution"])
+def test_an_empty_section_is_its_defaults(tmp_path: Path, section: str) -> None:
+    path = _write(tmp_path, yaml.safe_dump(MINIMAL) + f"{section}:\n")
+    assert load_campaign(path).search.trials == 20
+    assert load_campaign(path, **{"search.trials": 3}).search.trials == 3
+
+
+def test_an_override_into_a_section_that_is_not_one_names_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, _with(search="fast"))
+    with pytest.raises(
+        CampaignError, match=r"search: expected a section \(a mapping\), got 'fast'"
+    ):
+        load_campaign(path, **{"search.trials": 3})
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

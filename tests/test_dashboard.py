@@ -30,9 +30,10 @@ from postgres_server import free_port
 
 from optimizer.cli import main
 from optimizer.config import load_campaign
+from optimizer.figures import ms, pct, points, speedup
 from optimizer.report import ReportError, importances, pareto_front, write_report
 from optimizer.study import baseline_trial, best_feasible
-from optimizer.study_note import digest, ms, pct, points, render_note, speedup, write_note
+from optimizer.study_note import digest, render_note, write_note
 
 _VITOPT = (sys.executable, "-m", "optimizer")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"

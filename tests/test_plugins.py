@@ -90,6 +90,7 @@ class Faulty:
     def apply(self, subject, params, ctx):
         if not params["faulty.enabled"]:
             return subject
+        ctx.log.info("faulty: about to misbehave in trial %d", ctx.trial_number)
         if ctx.trial_number % 2:
             raise RuntimeError(f"boom in trial {ctx.trial_number}")
         return None
@@ -465,6 +466,26 @@ def test_a_technique_failing_inside_a_trial_fails_that_trial_only(tmp_path: Path
         "technique 'faulty' (vitopt-faulty 0.1.0) returned NoneType from apply, "
         "expected a torch.nn.Module"
     )
+    # Why, from the command line: run's summary, status, and one trial with its log.
+    assert summary["failures"] == [
+        {"trial": 1, "reason": raised.user_attrs["fail_reason"]},
+        {"trial": 2, "reason": returned_none.user_attrs["fail_reason"]},
+    ]
+    status = vitopt("status", str(campaign), env=env_with(target), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "failed trials (2; details: vitopt status --trial N)" in status.stdout
+    assert "#1: technique 'faulty' (vitopt-faulty 0.1.0) failed in apply" in status.stdout
+    one = vitopt("status", str(campaign), "--trial", "1", env=env_with(target), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "trial 1: FAIL" in one.stdout
+    assert "faulty: about to misbehave in trial 1" in one.stdout  # the plugin's own line
+    assert "RuntimeError: boom in trial 1" in one.stdout
+    log = tmp_path / "runs" / "tiny" / "trials" / "00001" / "trial.log"
+    assert "faulty: about to misbehave in trial 1" in log.read_text()
+    artifacts = [
+        a.filename for a in optuna.artifacts.get_all_artifact_meta(raised, storage=study._storage)
+    ]
+    assert artifacts == ["trial.log"]  # a failed trial keeps its log, not a model
 
 
 CACHES = {"__pycache__", ".pytest_cache", ".ruff_cache", "build"}  # git ignores them

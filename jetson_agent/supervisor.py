@@ -12,7 +12,6 @@ What a job may write is bounded too: no file it writes (an optimised graph, an e
 may exceed ``max_file_bytes`` (RLIMIT_FSIZE).
 """
 
-import ctypes
 import json
 import os
 import queue
@@ -25,6 +24,7 @@ import threading
 import time
 
 from . import errors
+from .children import die_with_parent
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,27 +51,6 @@ def _signal_name(number):
         return signal.Signals(number).name
     except ValueError:
         return "signal %d" % number
-
-
-def _libc_prctl():
-    """libc's prctl, looked up in the agent (a forked child must not load libraries)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_agent():
-    """In the job process, before exec: Linux kills it when the thread that started it (the
-    agent's one worker) dies with the agent. Elsewhere a no-op."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class JobProcess(object):
@@ -157,7 +136,7 @@ class JobProcess(object):
                     stderr=stderr,
                     universal_newlines=True,
                     start_new_session=True,
-                    preexec_fn=_die_with_agent,
+                    preexec_fn=die_with_parent,
                     env=env,
                 )
             self._proc = proc

@@ -144,14 +144,15 @@ def baseline_reference(campaign: Campaign, base: optuna.trial.FrozenTrial) -> Re
 
 
 def preflight(campaign: Campaign) -> None:
-    """What the campaign file names that only the enabled plugins and timm know: its data
-    source, its task and (unless the task builds its own) its timm model. CampaignError
-    naming the key."""
+    """What the campaign file names that only the enabled plugins and timm know: the plugins'
+    techniques (PluginError for a broken one), its data source, its task and (unless the task
+    builds its own) its timm model (CampaignError naming the key)."""
 
     def key(name: str) -> str:  # as load_campaign names them: FILE: KEY
         return f"{campaign.source}: {name}" if campaign.source else name
 
     manager = build_plugin_manager(campaign.plugins.disable)
+    collect_techniques(manager)
     registered(manager.hook.vitopt_register_datasets(), campaign.data.source, key("data.source"))
     task = registered(manager.hook.vitopt_register_tasks(), campaign.task.name, key("task.name"))
     if getattr(task, "build_model", None) is None:

@@ -67,7 +67,7 @@ def test_campaign_through_ray_and_the_agent_then_export(in_tmp: Path) -> None:
         assert trial.system_attrs["constraints"] == [trial.constraints["0"]]
         assert attrs["feasible"] == (trial.constraints["0"] <= 0)
         names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
-        assert names == {"model.onnx", "measurement.json"}
+        assert names == {"model.onnx", "measurement.json", "trial.log"}
         assert attrs["node_id"] and attrs["hostname"]  # where the Ray task ran
         assert [job["status"] for job in attrs["agent_jobs"]][-1] == "ok"
         # Timed paired with the baseline's model: the objective is the campaign's reference

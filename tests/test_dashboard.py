@@ -183,7 +183,7 @@ def test_dashboard_serves_the_campaign(chromium: str, finished: Finished, tmp_pa
             for key in REVIEW_ATTRS:
                 assert attrs[key] == str(trial.user_attrs[key]), key
             artifacts = {a["filename"]: a for a in shown["artifacts"]}
-            assert set(artifacts) == {"model.onnx", "measurement.json"}
+            assert set(artifacts) == {"model.onnx", "measurement.json", "trial.log"}
             base = f"{root}/artifacts/{study_id}/{shown['trial_id']}"
             model = _get(f"{base}/{artifacts['model.onnx']['artifact_id']}", server, log)
             stored = (

@@ -132,7 +132,7 @@ def test_a_candidate_is_cut_on_its_paired_probe_and_completes_without_a_cut(
         assert cut.state == "PRUNED"
         assert "latency first" in cut.attrs["pruned_reason"]
         assert cut.attrs["speedup_ci"][1] < 1000.0
-        assert set(cut.artifacts) == {"model.onnx", "measurement.json"}  # what was cut, as timed
+        assert set(cut.artifacts) == {"model.onnx", "measurement.json", "trial.log"}  # as timed
         kept = trial(2, pruned, cut_speedup=None, **against)
     finally:
         agent.stop()

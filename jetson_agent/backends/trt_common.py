@@ -17,13 +17,13 @@ Everything here is standard library only and valid on Python 3.6 (JetPack 4.6). 
 """
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
 
+from ..children import die_with_parent
 from ..errors import (
     BuildFailed,
     InfraError,
@@ -384,13 +384,6 @@ def classify_failure(text, returncode=None, phase="build", what="trtexec", unkno
 # Child processes
 
 
-def _die_with_parent():  # pragma: no cover - runs in the forked child
-    """Linux: have the kernel kill the child when the job process dies (even by SIGKILL)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-
 def kill_process(proc):
     """Kill a child and reap it; harmless when it already ended."""
     if proc is None:
@@ -409,7 +402,6 @@ def run_logged(argv, log_path, timeout_s, timeout_error, env=None, cwd=None):
     is killed and ``timeout_error`` raised; on any other way out (an exception, a signal turned
     into one) it is killed too. On Linux the child also dies with this process.
     """
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.Popen(
@@ -420,7 +412,7 @@ def run_logged(argv, log_path, timeout_s, timeout_error, env=None, cwd=None):
                 env=env,
                 cwd=cwd,
                 close_fds=True,
-                preexec_fn=preexec,
+                preexec_fn=die_with_parent,
             )
         except (IOError, OSError) as exc:
             raise InfraError("could not start %s: %s" % (argv[0], exc)) from exc

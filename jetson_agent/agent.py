@@ -223,7 +223,8 @@ class Agent(object):
         """Stop measuring: kill the running job and wait (up to ``timeout_s``) until its
         scratch folder is gone; queued jobs are dropped with the agent."""
         self.job_process.stop()
-        self._idle.wait(timeout_s)
+        if self._idle.wait(timeout_s):
+            self.job_process.close()
 
     # -- the one worker --------------------------------------------------------------------
     def _work(self):

@@ -6,8 +6,9 @@ dies without writing a result is classified from how it died.
 
 No job outlives the agent either. An agent that stops (SIGTERM, Ctrl-C) kills the running job's
 process group and removes its scratch folder before it exits (:meth:`JobProcess.stop`); one that
-is killed outright takes the job with it (Linux's parent-death signal), and the scratch folders it
-could not remove, kept under the cache's ``jobs/`` folder, are removed when an agent starts there.
+is killed outright takes the job with it (Linux's parent-death signal), and what it could not
+remove, its folder under the cache's ``jobs/`` (named by its process id), is removed when another
+agent starts there.
 What a job may write is bounded too: no file it writes (an optimised graph, an engine, its log)
 may exceed ``max_file_bytes`` (RLIMIT_FSIZE).
 """
@@ -71,9 +72,13 @@ class JobProcess(object):
         self.run_timeout_s = run_timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.max_file_bytes = max_file_bytes
-        self.scratch_dir = scratch_dir
+        # This agent's own folder under the shared one: another agent on the same cache (a
+        # 'vitopt export' beside a running campaign) never touches it.
+        self.scratch_dir = None
         if scratch_dir is not None:
-            _clear_folder(scratch_dir)  # left by an agent that was killed
+            _remove_orphans(scratch_dir)
+            self.scratch_dir = os.path.join(scratch_dir, str(os.getpid()))
+            os.makedirs(self.scratch_dir, exist_ok=True)
         self._lock = threading.Lock()
         self._proc = None
         self._stopping = False
@@ -86,6 +91,11 @@ class JobProcess(object):
             proc = self._proc
         if proc is not None and proc.poll() is None:
             self._kill(proc)
+
+    def close(self):
+        """Remove this agent's scratch folder (once no job runs)."""
+        if self.scratch_dir is not None:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     def _limits(self, spec):
         build = min(spec.get("build_timeout_s") or self.build_timeout_s, self.build_timeout_s)
@@ -232,9 +242,22 @@ class JobProcess(object):
         }
 
 
-def _clear_folder(folder):
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_orphans(folder):
+    """Remove what agents that were killed left in ``folder``: the scratch folders named after
+    a process that no longer runs."""
     if not os.path.isdir(folder):
         os.makedirs(folder)
         return
     for name in os.listdir(folder):
-        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        if not (name.isdigit() and _alive(int(name))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)

@@ -5,7 +5,6 @@ outlives the agent, and what a job may write is bounded."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import time
@@ -325,7 +324,9 @@ def _gone(process: psutil.Process, within_s: float) -> bool:
 
 
 def _scratch(tmp_path: Path) -> list[str]:
-    return os.listdir(tmp_path / "agent-cache" / "jobs")
+    """What agents keep under the cache's jobs/: one folder per agent process, its jobs' inside."""
+    jobs = tmp_path / "agent-cache" / "jobs"
+    return sorted(str(path.relative_to(jobs)) for path in jobs.rglob("*"))
 
 
 @pytest.mark.slow
@@ -349,10 +350,27 @@ def test_a_killed_agent_takes_its_job_and_the_next_one_clears_its_scratch(
     assert _scratch(tmp_path)  # nobody removed it
     again = start_agent(tmp_path, "--backend", "onnxruntime")
     try:
-        assert _scratch(tmp_path) == []
+        assert _scratch(tmp_path) == [str(again.process.pid)]  # its own, empty
         assert AgentClient(again.url).measure(vit_onnx, QUICK)["status"] == "ok"
     finally:
         again.stop()
+    assert _scratch(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_second_agent_on_one_cache_leaves_the_first_ones_job_alone(
+    tmp_path: Path, vit_onnx: Path
+) -> None:
+    first, job = _hung_job(tmp_path, vit_onnx)  # as a 'vitopt export' beside a running campaign
+    try:
+        second = start_agent(tmp_path, "--backend", "onnxruntime")
+        try:
+            assert job.is_running()
+            assert any(path.startswith(f"{first.process.pid}/") for path in _scratch(tmp_path))
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 def test_a_job_cannot_write_a_file_past_its_cap(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -312,8 +313,20 @@ def _answer_pruner(running: dict[Any, optuna.Trial], number: int, step: int, val
     return False
 
 
+# Set by Ctrl-C or SIGTERM, and checked by the search loop before each step: the
+# KeyboardInterrupt the handler raises is lost when it lands in a finalizer (Python ignores
+# exceptions there; seen with SQLAlchemy's weakref callbacks), and the run must stop anyway.
+_STOP = threading.Event()
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _STOP.set()
     raise KeyboardInterrupt
+
+
+def _check_stop() -> None:
+    if _STOP.is_set():
+        raise KeyboardInterrupt
 
 
 def run_campaign(
@@ -326,7 +339,9 @@ def run_campaign(
     started = time.monotonic()
     workers = campaign.execution.workers if workers is None else workers
     # SIGTERM stops a run the way Ctrl-C does, set-up included (the embedded agent is stopped).
+    _STOP.clear()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         # Names only the plugins and timm know, then the study: a campaign file that cannot
         # run fails before anything is written or trained.
@@ -341,7 +356,8 @@ def run_campaign(
             if not study.trials:
                 study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
             executor = make_executor(campaign.execution, workers)
-            signal.signal(signal.SIGTERM, _raise_interrupt)  # ray.init installs its own
+            for stop in (signal.SIGTERM, signal.SIGINT):  # ray.init installs its own
+                signal.signal(stop, _raise_interrupt)
             try:
                 pool = executor.share(AgentPool, *setup.pool_args())
                 drive(study, setup, executor, pool, console, started)
@@ -349,6 +365,7 @@ def run_campaign(
                 executor.shutdown()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     summary = _summary(study, campaign, time.monotonic() - started)
     setup.manager.hook.vitopt_campaign_finished(summary=summary)
     return summary
@@ -384,6 +401,7 @@ def drive(
         )
         try:
             while True:
+                _check_stop()
                 _submit_more(study, setup, executor, pool, running, target, deadline)
                 if not running:
                     break
@@ -442,6 +460,7 @@ def _retry_on_infra(
 def _submit_more(study, setup: Setup, executor, pool, running, target, deadline) -> None:
     campaign = setup.campaign
     while len(running) < max(executor.capacity, 1):
+        _check_stop()
         if len(counted_trials(study)) + len(running) >= target:
             return
         if deadline is not None and time.monotonic() >= deadline:

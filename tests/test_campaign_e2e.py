@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
+from optimizer import campaign as campaign_module
 from optimizer.cli import main
 from optimizer.storage import open_storage
 
@@ -167,3 +168,20 @@ def test_interrupted_campaign_resumes_to_the_target(
     assert len(counted) == 4
     for number, state in kept.items():
         assert study.trials[number].state == state
+
+
+def test_a_stop_signal_lost_in_a_finalizer_still_stops_the_search() -> None:
+    # CI saw Ctrl-C land in SQLAlchemy's weakref callback: Python ignores a KeyboardInterrupt
+    # raised there, and the campaign ran to its end. The handler also sets a flag, which the
+    # search loop checks before each step.
+    class Finalized:
+        def __del__(self) -> None:
+            campaign_module._raise_interrupt(signal.SIGINT, None)
+
+    campaign_module._STOP.clear()
+    try:
+        Finalized()  # "Exception ignored in ...": the interrupt itself is gone
+        with pytest.raises(KeyboardInterrupt):
+            campaign_module._check_stop()
+    finally:
+        campaign_module._STOP.clear()

@@ -66,6 +66,12 @@ def _shape(value, where):
     return list(value)
 
 
+def _given(fields):
+    """The fields that are set: null is "not given" (a job's spec is answered with nulls for
+    what it left out)."""
+    return dict((key, value) for key, value in fields.items() if value is not None)
+
+
 def _reference(value):
     """``{"model_sha256": ..., "precision": ...}``: a model the agent holds, timed beside the
     candidate (precision fp32 unless given)."""
@@ -73,7 +79,7 @@ def _reference(value):
         return None
     if not isinstance(value, dict):
         raise SpecError("spec.reference must be an object with model_sha256 and precision")
-    value = dict((key, each) for key, each in value.items() if each is not None)
+    value = _given(value)
     unknown = sorted(set(value) - set(("model_sha256", "precision")))
     if unknown:
         raise SpecError("unknown spec.reference field(s) %s" % ", ".join(unknown))
@@ -127,8 +133,7 @@ class MeasureSpec(object):
     def from_dict(cls, data):
         if not isinstance(data, dict):
             raise SpecError("spec must be a JSON object, got %s" % type(data).__name__)
-        # null is "not given" (a job's spec is answered with nulls for what it left out).
-        data = dict((key, value) for key, value in data.items() if value is not None)
+        data = _given(data)
         unknown = sorted(set(data) - set(cls.FIELDS))
         if unknown:
             raise SpecError(

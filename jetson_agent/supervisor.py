@@ -247,8 +247,8 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
-        return True
+    except PermissionError:  # alive: someone else's process
+        pass
     return True
 
 
@@ -256,7 +256,6 @@ def _remove_orphans(folder):
     """Remove what agents that were killed left in ``folder``: the scratch folders named after
     a process that no longer runs."""
     if not os.path.isdir(folder):
-        os.makedirs(folder)
         return
     for name in os.listdir(folder):
         if not (name.isdigit() and _alive(int(name))):

@@ -60,7 +60,7 @@ class ModelInputs(object):
         """Why the agent cannot feed this model as the spec asks, or None: shapes naming no
         input, of another rank than the input's or disagreeing with its fixed dims, or an
         element type the agent has no numpy type for. A mistake of the client, not of the
-        model, so the agent refuses the job (400) instead of failing its build."""
+        model, so the agent refuses the job (422 input_mismatch) instead of failing its build."""
         names = [name for name, _shape, _elem in self.inputs]
         unknown = sorted(set(spec.input_shapes) - set(names))
         if unknown:
@@ -77,15 +77,14 @@ class ModelInputs(object):
                     ", ".join(sorted(set(ELEM_TYPE_NAMES.values()))),
                 )
             given = shapes[name]
-            fixed = ["?" if dim is None or dim <= 0 else str(dim) for dim in shape]
             clash = len(given) != len(shape) or any(
-                want != "?" and int(want) != dim for want, dim in zip(fixed, given)
+                dim is not None and dim > 0 and dim != fed for dim, fed in zip(shape, given)
             )
             if shape and clash:
                 return "the spec feeds input %s a %s tensor, but the model takes %s" % (
                     name,
                     "x".join(str(d) for d in given),
-                    "x".join(fixed),
+                    "x".join("?" if dim is None or dim <= 0 else str(dim) for dim in shape),
                 )
         return None
 

@@ -57,10 +57,14 @@ def build_model(
         return timm.create_model(config.name, pretrained=config.pretrained, **kwargs)
 
 
+# Data settings that do not change the trained baseline (they shape trials only).
+_NOT_IN_BASELINE = {"calibration_size", "calibration_method", "batch_size"}
+
+
 def baseline_key(campaign: Campaign) -> str:
     shape = {
         "model": campaign.model.model_dump(mode="json"),
-        "data": campaign.data.model_dump(mode="json", exclude={"calibration_size", "batch_size"}),
+        "data": campaign.data.model_dump(mode="json", exclude=_NOT_IN_BASELINE),
         "seed": campaign.search.seed,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]

@@ -34,7 +34,7 @@ from .figures import speedup
 from .local_agent import AgentStartError, local_agent
 from .pipeline import TrialOutcome, TrialRequest, load_splits
 from .plugin_manager import build_plugin_manager, collect_techniques, registered
-from .search_space import SearchSpace, build_search_space
+from .search_space import SearchSpace, build_search_space, offered_choices
 from .study import (
     AGENT_POOL_ATTR,
     BASELINE_ATTR,
@@ -173,8 +173,9 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     manager = build_plugin_manager(campaign.plugins.disable)
     techniques = collect_techniques(manager)
     declared = [spec for t in techniques for spec in t.technique.search_space()]
+    offered = offered_choices([t.technique for t in techniques], info)
     space = build_search_space(
-        declared, campaign.search.space, info["precisions"], str(campaign.source or "campaign")
+        declared, campaign.search.space, offered, str(campaign.source or "campaign")
     )
     for note in space.notes:
         console.print(f"[yellow]search space:[/] {note}")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from jetson_agent import spec as agent_spec
 
 from .agent_client import check_agent_url
+from .technique import CalibrationMethod
 
 MAX_TRIALS = 100_000  # a search far past what any campaign runs: a typo, not a plan
 MAX_WORKERS = 4096
@@ -84,6 +85,9 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     calibration_size: int = Field(128, ge=1)
+    calibration_method: CalibrationMethod = Field(
+        "auto", description="activation ranges for int8: auto (the recipe's), minmax, percentile"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

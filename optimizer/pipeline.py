@@ -246,6 +246,7 @@ def _run(
         seed=seed,
         report=report,
         calibration_size=campaign.data.calibration_size,
+        calibration_method=campaign.data.calibration_method,
         trial_number=request.number,
         log=log,
     )

@@ -1,5 +1,5 @@
 """The search space: what installed techniques declare, narrowed by the campaign file and by what
-the target device can run.
+the target device offers (each technique's optional ``device_choices``).
 
 Parameters are sampled define-by-run on an Optuna trial, in declaration order, so conditional
 parameters (``when``) see the values they depend on.
@@ -7,16 +7,14 @@ parameters (``when``) see the values they depend on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 
 from .config import CampaignError, ParamOverride
-from .technique import ParamSpec
-
-PRECISION_PARAM = "quantize.precision"
+from .technique import ParamSpec, Technique
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,33 @@ def _override(spec: ParamSpec, override: ParamOverride, where: str) -> ParamSpec
     return narrowed
 
 
+def offered_choices(
+    techniques: Iterable[Technique], device_info: Mapping[str, Any]
+) -> dict[str, tuple[Any, ...]]:
+    """``{parameter: choices}`` the target device offers, from each technique's optional
+    ``device_choices(device_info)`` (precisions it runs, recipes its runtime accelerates)."""
+    offered: dict[str, tuple[Any, ...]] = {}
+    for technique in techniques:
+        method = getattr(technique, "device_choices", None)
+        if method is None:
+            continue
+        try:
+            choices = method(device_info)
+        except Exception as exc:
+            why = f"technique {technique.name}: device_choices failed: {exc}"
+            raise CampaignError(why) from exc
+        offered.update({name: tuple(values) for name, values in choices.items()})
+    return offered
+
+
 def build_search_space(
     declared: Sequence[ParamSpec],
     overrides: Mapping[str, ParamOverride],
-    device_precisions: Sequence[str] | None,
+    offered: Mapping[str, Sequence[Any]] | None = None,
     source: str = "campaign",
 ) -> SearchSpace:
-    """Apply the campaign's overrides, then drop precisions the device cannot run."""
+    """Apply the campaign's overrides, then drop the choices the device does not offer
+    (``offered``: :func:`offered_choices`)."""
     by_name = {spec.name: spec for spec in declared}
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:
@@ -93,6 +111,7 @@ def build_search_space(
         )
     fixed: dict[str, Any] = {}
     params: list[ParamSpec] = []
+    notes: list[str] = []
     for spec in declared:
         override = overrides.get(spec.name)
         where = f"{source}: search.space.{spec.name}"
@@ -100,43 +119,30 @@ def build_search_space(
             fixed[spec.name] = override.fixed
         if override is not None:
             spec = _override(spec, override, where)
+        if offered and spec.name in offered:
+            spec = _fit_device(spec, fixed, offered[spec.name], notes, where)
         params.append(spec)
-    notes: list[str] = []
-    if device_precisions is not None:
-        params, fixed = _fit_precisions(params, fixed, device_precisions, notes, source)
     baseline = {spec.name: spec.default for spec in declared}
     return SearchSpace(tuple(params), fixed, baseline, tuple(notes))
 
 
-def _fit_precisions(
-    params: list[ParamSpec],
-    fixed: dict[str, Any],
-    device: Sequence[str],
+def _fit_device(
+    spec: ParamSpec,
+    fixed: Mapping[str, Any],
+    device: Sequence[Any],
     notes: list[str],
-    source: str,
-) -> tuple[list[ParamSpec], dict[str, Any]]:
-    result = []
-    for spec in params:
-        if spec.name != PRECISION_PARAM:
-            result.append(spec)
-            continue
-        if PRECISION_PARAM in fixed and fixed[PRECISION_PARAM] not in device:
-            raise CampaignError(
-                f"{source}: search.space.{PRECISION_PARAM}: fixed to {fixed[PRECISION_PARAM]}, "
-                f"which the device cannot run (it runs {', '.join(device)})"
-            )
-        kept = tuple(c for c in spec.choices or () if c in device)
-        dropped = [c for c in spec.choices or () if c not in device]
-        if dropped:
-            notes.append(
-                f"{PRECISION_PARAM}: removed {', '.join(dropped)} (the device runs "
-                f"{', '.join(device)})"
-            )
-        if not kept:
-            raise CampaignError(
-                f"{source}: search.space.{PRECISION_PARAM}: none of the choices can run on the "
-                f"device (it runs {', '.join(device)})"
-            )
-        default = spec.default if spec.default in kept else kept[0]
-        result.append(replace(spec, choices=kept, default=default))
-    return result, fixed
+    where: str,
+) -> ParamSpec:
+    runs = ", ".join(map(str, device)) or "none of them"
+    if spec.name in fixed and fixed[spec.name] not in device:
+        raise CampaignError(
+            f"{where}: fixed to {fixed[spec.name]}, which the device cannot run (it runs {runs})"
+        )
+    kept = tuple(c for c in spec.choices or () if c in device)
+    dropped = [str(c) for c in spec.choices or () if c not in device]
+    if not kept:
+        raise CampaignError(f"{where}: none of the choices can run on the device (it runs {runs})")
+    if dropped:
+        notes.append(f"{spec.name}: removed {', '.join(dropped)} (the device runs {runs})")
+    default = spec.default if spec.default in kept else kept[0]
+    return replace(spec, choices=kept, default=default)

@@ -30,6 +30,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 Stage = Literal["prune", "train", "quantize"]
 STAGES: tuple[Stage, ...] = ("prune", "train", "quantize")
 Precision = Literal["fp32", "fp16", "int8"]
+# How a post-training quantizer estimates activation ranges from its calibration samples
+# (``data.calibration_method``): ``auto`` is each quantizer's own default, ``minmax`` the
+# extremes seen, ``percentile`` a high percentile that ignores rare outliers.
+CalibrationMethod = Literal["auto", "minmax", "percentile"]
 PARAM_KINDS = ("float", "int", "categorical", "bool")
 
 
@@ -170,6 +174,9 @@ class StageContext:
     ``calibration_size``
         How many training samples a post-training quantizer calibrates on
         (``data.calibration_size``).
+    ``calibration_method``
+        How it estimates activation ranges from them (``data.calibration_method``:
+        :data:`CalibrationMethod`).
     ``trial_number``
         The Optuna trial number (0 is the baseline; ``vitopt export`` passes the exported
         trial's number).
@@ -187,6 +194,7 @@ class StageContext:
     report: Callable[[int, float], None] = _no_report
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vitopt.stage"))
     calibration_size: int = 128
+    calibration_method: CalibrationMethod = "auto"
     trial_number: int = 0
 
 

@@ -146,6 +146,10 @@ def print_plugins(
             specs = list(technique.search_space())
             if specs:
                 console.print(Padding(parameters_table(specs, overrides), (0, 0, 0, 4)))
+                for spec in specs:
+                    if spec.help:
+                        line = f"[dim]{escape(spec.name)}: {escape(spec.help)}[/]"
+                        console.print(Padding(line, (0, 0, 0, 4)))
             else:
                 console.print("    (no parameters)")
         provides = _provides(plugin)

@@ -203,7 +203,7 @@ class Technique(Protocol):
     """A compression technique. Return instances from ``vitopt_register_techniques``.
 
     ``name``
-        Unique across installed plugins (``torch_pruning``, ``kd``, ``nncf_int8``,
+        Unique across installed plugins (``torch_pruning``, ``kd``, ``int8``,
         ``lowrank``): it names the technique in ``vitopt plugins`` and in failure reasons.
     ``stage``
         ``prune``, ``train`` or ``quantize`` (see the module's docstring for what each takes and

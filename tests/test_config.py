@@ -58,6 +58,10 @@ def _with(**sections: object) -> dict:
         (_with(data__source="imagefolder"), "data: source imagefolder needs a path"),
         (_with(data__image_size="big"), "data.image_size: Input should be a valid integer"),
         (
+            _with(data__calibration_method="entropy"),
+            "data.calibration_method: Input should be 'auto', 'minmax' or 'percentile'",
+        ),
+        (
             _with(execution__workers=-1),
             "execution.workers: Input should be greater than or equal to 0",
         ),

@@ -110,7 +110,7 @@ def test_its_parameters_join_the_search_space_after_the_built_ins(
     campaign = load_campaign(
         write_campaign(tmp_path, **{"search.space": {"lowrank.enabled": {"fixed": True}}})
     )
-    space = build_search_space(declared, campaign.search.space, ["fp32"])
+    space = build_search_space(declared, campaign.search.space)
     assert [s.name for s in space.params][-2:] == ["lowrank.enabled", "lowrank.rank_ratio"]
     assert space.fixed["lowrank.enabled"] is True
     assert space.baseline["lowrank.enabled"] is False  # the baseline stays dense

@@ -157,7 +157,7 @@ def on_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_techniques_come_in_registration_order_built_ins_first() -> None:
     names = [r.technique.name for r in collect_techniques(build_plugin_manager())]
-    assert names[:3] == ["torch_pruning", "kd", "nncf_int8"]
+    assert names[:3] == ["torch_pruning", "kd", "int8"]
     labels = [r.plugin for r in collect_techniques(build_plugin_manager())][:3]
     assert labels == [
         "built-in plugin 'plugins.pruning'",
@@ -178,7 +178,7 @@ def test_a_broken_plugin_stops_the_manager_with_one_line_naming_it(
     assert "\n" not in message
     # Disabled, it is not even imported, and everything else works.
     names = {r.technique.name for r in collect_techniques(build_plugin_manager([name]))}
-    assert {"torch_pruning", "kd", "nncf_int8"} <= names
+    assert {"torch_pruning", "kd", "int8"} <= names
 
 
 def test_the_survey_reports_every_broken_plugin_and_goes_on(

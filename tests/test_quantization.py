@@ -1,12 +1,12 @@
-"""The int8 post-training quantization technique (``plugins/quantization.py``) on a real, trained
-timm ViT: what the deployable graph looks like, that onnxruntime runs it, and what it costs in
-accuracy."""
+"""The int8 post-training quantization technique (``plugins/quantization.py``) and its recipes on
+a real, trained timm ViT: which recipe each device runtime is offered, what each deployable graph
+looks like, that onnxruntime runs it, and what it costs in accuracy."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,21 @@ from optimizer.export import export_onnx
 from optimizer.technique import OnnxArtifact, ParamSpec, StageContext, Technique
 from plugins import quantization
 from plugins.digits import Splits, load_digits_splits
-from plugins.quantization import (
-    PRECISION_PARAM,
-    NncfQuantization,
-    iter_single_samples,
-    onnx_op_counts,
-    signed_int8_quantizers,
-    tensorrt_target,
-)
+from plugins.int8_nncf import QdqRecipe, signed_int8_quantizers
+from plugins.int8_recipe import iter_single_samples, onnx_op_counts
+from plugins.int8_target import Int8Target, int8_target
+from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, RECIPES, Int8Quantization
 
 # timm formats traced sizes into assertion messages while the fixture exports the model.
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor to a Python number")
 
 IMAGE = 32
 TRT_82 = {"backend": {"name": "tensorrt", "version": "8.2.1.8"}}
+ORT_VERSION = "onnxruntime 1.32.0 ({})"
+ORT_CPU = {
+    "backend": {"name": "onnxruntime", "version": ORT_VERSION.format("CPUExecutionProvider")}
+}
+QDQ = {PRECISION_PARAM: "int8", METHOD_PARAM: "qdq"}
 
 
 def make_ctx(
@@ -79,19 +80,6 @@ def top1(path: Path, dataset: Any) -> float:
         logits = sess.run(None, {"input": images[index : index + 1].numpy()})[0]
         correct += int(logits.argmax()) == int(labels[index])
     return correct / len(labels)
-
-
-def median_latency_ms(path: Path, runs: int = 300) -> float:
-    sess = session(path)
-    x = np.random.default_rng(0).standard_normal((1, 3, IMAGE, IMAGE)).astype(np.float32)
-    for _ in range(20):
-        sess.run(None, {"input": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {"input": x})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def loader(splits: Splits, batch_size: int = 64) -> torch.utils.data.DataLoader:
@@ -167,15 +155,17 @@ def fp32_onnx(splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_onnxruntime(
+def int8_graphs(
     fp32_onnx: Path, splits: Splits, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[OnnxArtifact, float]:
-    """The int8 artifact for a device that says nothing about itself (onnxruntime defaults),
-    and the wall time of the quantize call."""
-    ctx = make_ctx(tmp_path_factory.mktemp("int8"), loader(splits), calibration_size=128)
-    start = time.perf_counter()
-    artifact = NncfQuantization().apply(OnnxArtifact(fp32_onnx), {PRECISION_PARAM: "int8"}, ctx)
-    return artifact, time.perf_counter() - start
+) -> dict[str, OnnxArtifact]:
+    """Every recipe's int8 artifact of the trained ViT, made as for the CPU agent (``qdq`` too:
+    not offered there, but it is the graph TensorRT gets and onnxruntime runs it)."""
+    made = {}
+    for recipe in RECIPES:
+        ctx = make_ctx(tmp_path_factory.mktemp(recipe.name), loader(splits), device_info=ORT_CPU)
+        params = {PRECISION_PARAM: "int8", METHOD_PARAM: recipe.name}
+        made[recipe.name] = Int8Quantization().apply(OnnxArtifact(fp32_onnx), params, ctx)
+    return made
 
 
 def quantizer_zero_points(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -194,17 +184,86 @@ def default_opset(model: onnx.ModelProto) -> int:
 # -- the plugin contract ----------------------------------------------------------------------
 
 
-def test_search_space_is_one_valid_precision_parameter() -> None:
-    technique = NncfQuantization()
+def test_search_space_is_a_precision_and_an_int8_method() -> None:
+    technique = Int8Quantization()
     assert isinstance(technique, Technique)
-    assert (technique.name, technique.stage) == ("nncf_int8", "quantize")
-    (spec,) = technique.search_space()
-    assert isinstance(spec, ParamSpec)
-    spec.validate()
-    assert spec.name == PRECISION_PARAM == "quantize.precision"
-    assert spec.kind == "categorical"
-    assert spec.choices == ("fp32", "fp16", "int8")
-    assert spec.default == "fp32"
+    assert (technique.name, technique.stage) == ("int8", "quantize")
+    precision, method = technique.search_space()
+    for spec in (precision, method):
+        assert isinstance(spec, ParamSpec)
+        spec.validate()
+    assert precision.name == PRECISION_PARAM == "quantize.precision"
+    assert precision.choices == ("fp32", "fp16", "int8")
+    assert precision.default == "fp32"
+    assert method.name == METHOD_PARAM == "quantize.method"
+    assert method.choices == ("qdq", "dynamic", "dynamic_per_channel", "static")
+    assert method.when == {PRECISION_PARAM: ["int8"]}  # sampled for int8 trials only
+    assert all(name in method.help for name in method.choices)
+
+
+CPU_METHODS = ["dynamic", "dynamic_per_channel", "static"]
+TRTEXEC_10 = {"backend": {"name": "trtexec", "version": "10.3.0"}}
+
+
+@pytest.mark.parametrize(
+    ("device_info", "target", "methods"),
+    [
+        ({}, Int8Target("cpu"), CPU_METHODS),
+        (ORT_CPU, Int8Target("cpu"), CPU_METHODS),
+        (
+            {
+                "backend": {
+                    "name": "onnxruntime",
+                    "version": ORT_VERSION.format(
+                        "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"
+                    ),
+                }
+            },
+            Int8Target("tensorrt"),
+            ["qdq"],
+        ),
+        (
+            {
+                "backend": {
+                    "name": "onnxruntime",
+                    "version": ORT_VERSION.format("CUDAExecutionProvider,CPUExecutionProvider"),
+                }
+            },
+            Int8Target("gpu"),
+            ["qdq"],
+        ),
+        (TRT_82, Int8Target("tensorrt", (8, 2, 1, 8)), ["qdq"]),
+        (
+            {"backend": {"name": "trtexec", "version": "10.3.0"}},
+            Int8Target("tensorrt", (10, 3, 0)),
+            ["qdq"],
+        ),
+    ],
+    ids=[
+        "no-info",
+        "onnxruntime-cpu",
+        "onnxruntime-tensorrt-ep",
+        "onnxruntime-cuda",
+        "tensorrt",
+        "trtexec",
+    ],
+)
+def test_each_runtime_is_offered_the_recipes_it_accelerates(
+    device_info: dict[str, Any], target: Int8Target, methods: list[str]
+) -> None:
+    assert int8_target(device_info) == target
+    offered = Int8Quantization().device_choices(dict(device_info, precisions=["fp32", "int8"]))
+    assert offered == {PRECISION_PARAM: ["fp32", "int8"], METHOD_PARAM: methods}
+
+
+def test_the_cpu_agent_reports_a_cpu_runtime() -> None:
+    """What this machine's own agent backend says about itself selects the CPU recipes."""
+    from jetson_agent.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend()
+    info = {"backend": {"name": backend.name, "version": backend.version()}}
+    assert int8_target(info) == Int8Target("cpu")
+    assert Int8Quantization().device_choices(info)[METHOD_PARAM] == CPU_METHODS
 
 
 def test_registers_through_the_hook_like_any_plugin() -> None:
@@ -212,22 +271,22 @@ def test_registers_through_the_hook_like_any_plugin() -> None:
     manager.add_hookspecs(hookspecs)
     manager.register(quantization, name="builtin:plugins.quantization")
     (registered,) = manager.hook.vitopt_register_techniques()
-    assert [type(t) for t in registered] == [NncfQuantization]
+    assert [type(t) for t in registered] == [Int8Quantization]
 
 
 def test_fp32_returns_the_artifact_unchanged(tmp_path: Path) -> None:
     artifact = OnnxArtifact(tmp_path / "candidate.onnx")
-    result = NncfQuantization().apply(artifact, {PRECISION_PARAM: "fp32"}, make_ctx(tmp_path))
+    result = Int8Quantization().apply(artifact, {PRECISION_PARAM: "fp32"}, make_ctx(tmp_path))
     assert result is artifact
     assert result.precision == "fp32"
     # The default (no parameter sampled, as in the baseline) is fp32 too.
-    assert NncfQuantization().apply(artifact, {}, make_ctx(tmp_path)) is artifact
+    assert Int8Quantization().apply(artifact, {}, make_ctx(tmp_path)) is artifact
 
 
 def test_fp16_is_the_same_file_at_builder_precision_fp16(tmp_path: Path) -> None:
     path = tmp_path / "candidate.onnx"
     path.write_bytes(b"unchanged")
-    result = NncfQuantization().apply(
+    result = Int8Quantization().apply(
         OnnxArtifact(path), {PRECISION_PARAM: "fp16"}, make_ctx(tmp_path)
     )
     assert result.path == path
@@ -238,14 +297,14 @@ def test_fp16_is_the_same_file_at_builder_precision_fp16(tmp_path: Path) -> None
 
 def test_an_unknown_precision_fails_the_trial(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="int4"):
-        NncfQuantization().apply(
+        Int8Quantization().apply(
             OnnxArtifact(tmp_path / "m.onnx"), {PRECISION_PARAM: "int4"}, make_ctx(tmp_path)
         )
 
 
 def test_calibration_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        NncfQuantization(calibration_size=0)
+        Int8Quantization(calibration_size=0)
 
 
 def test_iter_single_samples_yields_batch_one_and_stops_early() -> None:
@@ -261,61 +320,125 @@ def test_iter_single_samples_yields_batch_one_and_stops_early() -> None:
     assert list(iter_single_samples(batches, 0)) == []
 
 
-@pytest.mark.parametrize(
-    ("device_info", "expected"),
-    [
-        ({}, (False, None)),
-        ({"backend": {"name": "onnxruntime", "version": "onnxruntime 1.20 (CPU)"}}, (False, None)),
-        (
-            {"backend": {"name": "onnxruntime", "version": "1.16 (TensorrtExecutionProvider)"}},
-            (True, None),
-        ),
-        (TRT_82, (True, (8, 2, 1, 8))),
-        ({"backend": {"name": "trtexec", "version": "10.3.0"}}, (True, (10, 3, 0))),
-    ],
-)
-def test_tensorrt_target_reads_the_agent_backend(
-    device_info: dict[str, Any], expected: tuple[bool, Any]
-) -> None:
-    assert tensorrt_target(device_info) == expected
-
-
 # -- int8 on a trained ViT --------------------------------------------------------------------
 
 
+# The ops that show each recipe really quantized the graph.
+RECIPE_OPS = {
+    "qdq": ("QuantizeLinear", "DequantizeLinear"),
+    "dynamic": ("DynamicQuantizeLinear", "MatMulInteger"),
+    "dynamic_per_channel": ("DynamicQuantizeLinear", "MatMulInteger"),
+    "static": ("QuantizeLinear", "QLinearMatMul", "DequantizeLinear"),
+}
+
+
+@pytest.fixture(scope="module")
+def fp32_top1(fp32_onnx: Path, splits: Splits) -> float:
+    accuracy = top1(fp32_onnx, splits.test)
+    assert accuracy > 0.85, "the fixture model did not train"
+    return accuracy
+
+
 @pytest.mark.slow
-def test_int8_is_a_qdq_graph_onnxruntime_runs_close_to_fp32(
-    fp32_onnx: Path, int8_onnxruntime: tuple[OnnxArtifact, float], splits: Splits
+@pytest.mark.parametrize("method", list(RECIPE_OPS))
+def test_each_recipe_is_an_int8_graph_onnxruntime_runs_within_2_points(
+    method: str,
+    fp32_onnx: Path,
+    int8_graphs: dict[str, OnnxArtifact],
+    fp32_top1: float,
+    splits: Splits,
 ) -> None:
-    artifact, seconds = int8_onnxruntime
+    artifact = int8_graphs[method]
     assert artifact.precision == "int8"
     assert artifact.path.name == "candidate.int8.onnx"  # named after its input
-    assert artifact.path.exists()
-
     original, quantized = onnx.load(str(fp32_onnx)), onnx.load(str(artifact.path))
     onnx.checker.check_model(quantized, full_check=True)
     ops = onnx_op_counts(quantized)
-    assert ops.get("QuantizeLinear", 0) > 0
-    assert ops.get("DequantizeLinear", 0) > 0
-    assert "QuantizeLinear" not in onnx_op_counts(original)
+    for op in RECIPE_OPS[method]:
+        assert ops.get(op, 0) > 0, (op, ops)
+        assert op not in onnx_op_counts(original)
     # Still opset 16, the most the Jetson Nano's TensorRT 8.2 parses; all standard-domain ops.
     assert default_opset(quantized) == default_opset(original) == 16
     assert {node.domain for node in quantized.graph.node} <= {""}
-    # Symmetric quantizers only: TensorRT rejects a non-zero zero point.
-    assert all(not np.any(zp) for zp in quantizer_zero_points(quantized))
     # Weights stored as INT8 for onnxruntime: a smaller file.
-    fp32_size, int8_size = fp32_onnx.stat().st_size, artifact.path.stat().st_size
-    assert int8_size < fp32_size
-
-    fp32_top1, int8_top1 = top1(fp32_onnx, splits.test), top1(artifact.path, splits.test)
-    fp32_ms, int8_ms = median_latency_ms(fp32_onnx), median_latency_ms(artifact.path)
-    print(
-        f"\nquantize call {seconds:.2f} s; top-1 fp32 {fp32_top1:.4f} int8 {int8_top1:.4f}; "
-        f"size fp32 {fp32_size} B int8 {int8_size} B; onnxruntime CPU 1 thread median "
-        f"fp32 {fp32_ms:.3f} ms int8 {int8_ms:.3f} ms"
-    )
-    assert fp32_top1 > 0.85, "the fixture model did not train"
+    assert artifact.path.stat().st_size < fp32_onnx.stat().st_size
+    int8_top1 = top1(artifact.path, splits.test)
+    print(f"\n{method}: top-1 fp32 {fp32_top1:.4f} int8 {int8_top1:.4f}; {ops}")
     assert abs(fp32_top1 - int8_top1) <= 0.02
+
+
+@pytest.mark.slow
+def test_the_qdq_graph_has_symmetric_quantizers_only(
+    int8_graphs: dict[str, OnnxArtifact],
+) -> None:
+    # TensorRT rejects a non-zero zero point.
+    model = onnx.load(str(int8_graphs["qdq"].path))
+    assert all(not np.any(zp) for zp in quantizer_zero_points(model))
+
+
+def weight_zero_point_sizes(path: Path) -> set[int]:
+    """Element counts of the weight zero points of each MatMulInteger (input 3)."""
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    return {
+        int(np.prod(initializers[node.input[3]].dims or [1]))
+        for node in model.graph.node
+        if node.op_type == "MatMulInteger"
+    }
+
+
+@pytest.mark.slow
+def test_dynamic_recipes_differ_in_weight_scales_only(
+    int8_graphs: dict[str, OnnxArtifact],
+) -> None:
+    assert weight_zero_point_sizes(int8_graphs["dynamic"].path) == {1}
+    assert min(weight_zero_point_sizes(int8_graphs["dynamic_per_channel"].path)) > 1
+
+
+@pytest.mark.slow
+def test_dynamic_quantization_draws_no_calibration_and_static_draws_the_campaigns(
+    fp32_onnx: Path, splits: Splits, tmp_path: Path
+) -> None:
+    technique = Int8Quantization()
+    batches = list(loader(splits, batch_size=16))
+    drawn = {}
+    for method in ("dynamic", "static"):
+        counting = CountingLoader(batches)
+        ctx = make_ctx(tmp_path / method, counting, device_info=ORT_CPU, calibration_size=32)
+        technique.apply(
+            OnnxArtifact(fp32_onnx), {PRECISION_PARAM: "int8", METHOD_PARAM: method}, ctx
+        )
+        drawn[method] = counting.drawn
+    assert drawn == {"dynamic": 0, "static": 32}
+
+
+def activation_scales(path: Path) -> list[float]:
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    return [
+        float(numpy_helper.to_array(initializers[node.input[1]]))
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear"
+    ]
+
+
+@pytest.mark.slow
+def test_the_calibration_method_sets_the_static_ranges(
+    fp32_onnx: Path, splits: Splits, tmp_path: Path
+) -> None:
+    """percentile ignores the rarest activations, so its ranges (scales) are narrower than the
+    extremes minmax keeps, for at least some of the quantized tensors and never wider."""
+    scales = {}
+    for method in ("minmax", "percentile"):
+        ctx = make_ctx(tmp_path / method, loader(splits), device_info=ORT_CPU)
+        ctx = replace(ctx, calibration_method=method)
+        artifact = Int8Quantization().apply(
+            OnnxArtifact(fp32_onnx), {PRECISION_PARAM: "int8", METHOD_PARAM: "static"}, ctx
+        )
+        scales[method] = activation_scales(artifact.path)
+    pairs = list(zip(scales["percentile"], scales["minmax"], strict=True))
+    assert all(p <= m * (1 + 1e-6) for p, m in pairs)
+    assert any(p < 0.95 * m for p, m in pairs)
 
 
 @pytest.mark.slow
@@ -327,9 +450,7 @@ def test_int8_for_tensorrt_8_2_keeps_float_weights_and_signed_quantizers(
     campaign's calibration size is what is drawn, and NNCF prints nothing."""
     counting = CountingLoader(list(loader(splits, batch_size=16)))
     ctx = make_ctx(tmp_path, counting, device_info=TRT_82, calibration_size=32)
-    artifact = NncfQuantization(calibration_size=999).apply(
-        OnnxArtifact(fp32_onnx), {PRECISION_PARAM: "int8"}, ctx
-    )
+    artifact = Int8Quantization(calibration_size=999).apply(OnnxArtifact(fp32_onnx), QDQ, ctx)
     assert counting.drawn == 32
     out = capfd.readouterr()
     assert "Statistics collection" not in out.out + out.err
@@ -375,9 +496,8 @@ def test_unsigned_quantizers_become_signed_int8_with_the_same_outputs(tmp_path: 
     path = export_onnx(_ReluNet().eval(), torch.randn(1, 3, 16, 16), tmp_path / "relu.onnx")
     batches = [(torch.randn(8, 3, 16, 16), torch.zeros(8)) for _ in range(4)]
     ctx = make_ctx(tmp_path / "q", batches, calibration_size=32)
-    unsigned = NncfQuantization(signed_activations=False).apply(
-        OnnxArtifact(path), {PRECISION_PARAM: "int8"}, ctx
-    )
+    technique = Int8Quantization(recipes=[QdqRecipe(signed_activations=False)])
+    unsigned = technique.apply(OnnxArtifact(path), QDQ, ctx)
     model = onnx.load(str(unsigned.path))
     assert any(zp.dtype == np.uint8 for zp in quantizer_zero_points(model))
 

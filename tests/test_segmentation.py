@@ -20,7 +20,7 @@ from optimizer.model_stats import count_params
 from optimizer.technique import OnnxArtifact, StageContext
 from plugins.distillation import KnowledgeDistillation, kd_loss
 from plugins.pruning import prune_vit
-from plugins.quantization import PRECISION_PARAM, NncfQuantization
+from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, Int8Quantization
 from plugins.segmentation import Segmentation, build_segmentation_model, level_indices
 from plugins.segmentation_metrics import (
     confusion_matrix,
@@ -237,16 +237,23 @@ def test_distillation_fine_tunes_a_pruned_seg_model_and_reports_miou(tmp_path: P
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0
 
 
-def test_int8_quantization_runs_on_the_whole_seg_graph(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "int8_op"),
+    [("qdq", "QuantizeLinear"), ("dynamic", "MatMulInteger"), ("static", "QLinearMatMul")],
+)
+def test_int8_quantization_runs_on_the_whole_seg_graph(
+    method: str, int8_op: str, tmp_path: Path
+) -> None:
     model = _model()
     path = export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "seg.onnx")
     ctx = _context(tmp_path, None, [])
-    artifact = NncfQuantization().apply(OnnxArtifact(path), {PRECISION_PARAM: "int8"}, ctx)
+    params = {PRECISION_PARAM: "int8", METHOD_PARAM: method}
+    artifact = Int8Quantization().apply(OnnxArtifact(path), params, ctx)
     assert artifact.precision == "int8"
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(artifact.path)).graph.node}
-    assert "QuantizeLinear" in ops and "Resize" in ops
+    assert int8_op in ops and "Resize" in ops
     out = _session(artifact.path).run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0]
     assert out.shape == (1, 6, 32, 32)
     splits = load_synthetic_splits(32)

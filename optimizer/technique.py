@@ -208,6 +208,12 @@ class Technique(Protocol):
     ``stage``
         ``prune``, ``train`` or ``quantize`` (see the module's docstring for what each takes and
         returns).
+
+    Optional (looked up with ``getattr``, so not part of this protocol):
+    ``device_choices(device_info) -> {parameter: [choices]}``, called once in the driver with
+    the target agent's ``GET /v1/info``: the choices of this technique's categorical parameters
+    that the device offers (the built-in quantizer: the precisions it runs, the int8 recipes
+    its runtime accelerates). The search space keeps only those.
     """
 
     name: str

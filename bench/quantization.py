@@ -130,24 +130,20 @@ def quantize_all(
     work: Path,
 ) -> dict[str, dict[str, Any]]:
     """Each recipe's int8 graph of ``fp32``, made through the technique as a trial makes it."""
-    from optimizer.technique import OnnxArtifact, StageContext
+    from optimizer.plugin_testing import stage_context
+    from optimizer.technique import OnnxArtifact
     from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, RECIPES, Int8Quantization
 
     technique = Int8Quantization()
     out: dict[str, dict[str, Any]] = {}
     for recipe in RECIPES:
-        ctx = StageContext(
-            input_shape=(1, 3, size, size),
-            num_classes=10,
+        ctx = stage_context(
+            work / fp32.stem / recipe.name,
+            image_size=size,
             train_loader=loader,
-            val_loader=(),
-            task=None,
-            teacher=None,
             device_info=device_info,
-            work_dir=work / fp32.stem / recipe.name,
-            seed=0,
-            log=logging.getLogger("bench.quantization"),
             calibration_size=calibration_size,
+            log=logging.getLogger("bench.quantization"),
         )
         started = time.perf_counter()
         params = {PRECISION_PARAM: "int8", METHOD_PARAM: recipe.name}

@@ -39,6 +39,9 @@ def test_a_drifting_device_is_flagged_and_speedups_stay_paired(
     monkeypatch.setenv("THROTTLE_STATE", str(in_tmp / "throttle"))
     monkeypatch.setenv("THROTTLE_AFTER_JOBS", "3")
     monkeypatch.setenv("THROTTLE_FACTOR", "1.4")
+    # Each inference 1 ms of fixed work plus the model's own 0.1 ms, whose job-to-job spread
+    # alone (0.06-0.15 ms measured) could hide or fake the throttle.
+    monkeypatch.setenv("THROTTLE_BASE_MS", "1")
     agent = start_agent(in_tmp, "--backend", "drift_backends:ThrottlingBackend")
     try:
         campaign = write_campaign(

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +33,14 @@ from .config import Campaign
 from .executor import Executor, make_executor
 from .figures import speedup
 from .local_agent import AgentStartError, local_agent
-from .pipeline import TrialOutcome, TrialRequest, load_splits
+from .pipeline import (
+    DefaultsChangeTheModel,
+    TechniqueFailed,
+    TrialOutcome,
+    TrialRequest,
+    check_defaults,
+    load_splits,
+)
 from .plugin_manager import build_plugin_manager, collect_techniques, registered
 from .search_space import SearchSpace, build_search_space, offered_choices
 from .study import (
@@ -197,6 +205,11 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
     if trained:
         console.print(f"baseline trained and cached at {checkpoint}")
+    with tempfile.TemporaryDirectory(prefix="vitopt-defaults-") as work:
+        try:
+            check_defaults(campaign, checkpoint, info, dict(space.baseline), Path(work))
+        except (DefaultsChangeTheModel, TechniqueFailed) as exc:
+            raise CampaignFailed(str(exc)) from exc
     return Setup(
         campaign=campaign,
         agent_urls=[*plan.infos, *plan.silent],

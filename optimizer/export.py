@@ -8,6 +8,7 @@ second, ten times faster than the dynamo exporter, and always writes one self-co
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import onnx
@@ -28,7 +29,10 @@ def export_onnx(
     """Write ``model`` (in eval mode, on the CPU) to ``path`` and check the result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with torch.no_grad():
+    # The tracer warns about every Python-level branch of timm's code ("Converting a tensor to a
+    # Python boolean..."): true of any trace, nothing a user can act on, and printed per export.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (example,),

@@ -89,6 +89,106 @@ def load_splits(campaign: Campaign) -> Any:
     return _splits(campaign.data.model_dump_json())
 
 
+def _stage_context(
+    campaign: Campaign,
+    splits: Any,
+    manager: Any,
+    device_info: dict[str, Any],
+    work: Path,
+    *,
+    number: int,
+    teacher: Any,
+    log: logging.Logger,
+    report: Callable[[int, float], None] | None = None,
+) -> StageContext:
+    """What the techniques of trial ``number`` are given (seeded by the campaign's seed plus
+    the trial number)."""
+    seed = campaign.search.seed + number
+    extra = {"report": report} if report is not None else {}
+    return StageContext(
+        input_shape=(1, *splits.input_shape),
+        num_classes=splits.num_classes,
+        # Each batch is a step that never overlaps a measurement by a co-located agent.
+        train_loader=colocation.PacedLoader(
+            DataLoader(
+                splits.train,
+                batch_size=campaign.data.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        ),
+        val_loader=DataLoader(splits.val, batch_size=256),
+        task=registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name"),
+        teacher=teacher,
+        device_info=device_info,
+        work_dir=work,
+        seed=seed,
+        calibration_size=campaign.data.calibration_size,
+        calibration_method=campaign.data.calibration_method,
+        trial_number=number,
+        log=log,
+        **extra,
+    )
+
+
+class DefaultsChangeTheModel(Exception):
+    """A technique changed the baseline at its declared defaults: every speedup and accuracy
+    drop of the campaign would be measured against a model that is not the user's."""
+
+
+def check_defaults(
+    campaign: Campaign,
+    checkpoint: Path,
+    device_info: dict[str, Any],
+    defaults: dict[str, Any],
+    work: Path,
+) -> None:
+    """Apply every technique, in pipeline order, at ``defaults`` (each parameter's declared
+    default: what the baseline trial runs) to the baseline, and raise
+    :class:`DefaultsChangeTheModel` (or :class:`TechniqueFailed`) naming the first technique
+    that changes the model's weights or architecture, or rewrites or re-labels its ONNX file.
+
+    Why: the baseline is "every technique at its default" (docs/architecture.md); a default
+    that prunes or retrains would silently replace the user's model by a worse one, and the
+    campaign would report candidates against it."""
+    manager = build_plugin_manager(campaign.plugins.disable)
+    entries = collect_techniques(manager)
+    splits = load_splits(campaign)
+    model = load_model(campaign, splits.num_classes, checkpoint)
+    torch.manual_seed(campaign.search.seed)
+    log = logging.getLogger("vitopt.defaults")
+    ctx = _stage_context(
+        campaign, splits, manager, device_info, work, number=0, teacher=None, log=log
+    )
+    params = dict(defaults)
+    for stage in ("prune", "train"):
+        for entry in (e for e in entries if e.technique.stage == stage):
+            before = _fingerprint(model)
+            model = apply_technique(entry, model, params, ctx)
+            if _fingerprint(model) != before:
+                raise DefaultsChangeTheModel(_changed(entry, params, "the baseline model"))
+    artifact = OnnxArtifact(
+        export_onnx(model, example_input(ctx.input_shape), work / "defaults.onnx")
+    )
+    digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()
+    for entry in (e for e in entries if e.technique.stage == "quantize"):
+        result = apply_technique(entry, artifact, params, ctx)
+        unchanged = hashlib.sha256(result.path.read_bytes()).hexdigest() == digest
+        if result.precision != artifact.precision or not unchanged:
+            raise DefaultsChangeTheModel(_changed(entry, params, "the baseline's ONNX graph"))
+        artifact = result
+
+
+def _changed(entry: RegisteredTechnique, params: dict[str, Any], what: str) -> str:
+    own = [spec.name for spec in entry.technique.search_space()]
+    values = ", ".join(f"{name}={params.get(name)!r}" for name in own) or "no parameters"
+    return (
+        f"{_who(entry)} changes {what} at its defaults ({values}): a parameter's default must "
+        "mean 'leave the model as it is', since the baseline runs every technique at its "
+        "defaults (docs/plugins.md, ParamSpec rules)"
+    )
+
+
 class _Measurer:
     """Every job paired with the campaign's reference (the baseline's deployable model; for
     the baseline itself, its own model: an A/A job whose interval shows the noise left)."""
@@ -226,28 +326,15 @@ def _run(
         if should_prune is not None and should_prune(step, value):
             raise TrialPruned(f"pruned at epoch {step} with validation accuracy {value:.4f}")
 
-    ctx = StageContext(
-        input_shape=(1, *splits.input_shape),
-        num_classes=splits.num_classes,
-        # Each batch is a step that never overlaps a measurement by a co-located agent.
-        train_loader=colocation.PacedLoader(
-            DataLoader(
-                splits.train,
-                batch_size=campaign.data.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        ),
-        val_loader=DataLoader(splits.val, batch_size=256),
-        task=registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name"),
+    ctx = _stage_context(
+        campaign,
+        splits,
+        manager,
+        request.device_info,
+        work,
+        number=request.number,
         teacher=teacher,
-        device_info=request.device_info,
-        work_dir=work,
-        seed=seed,
         report=report,
-        calibration_size=campaign.data.calibration_size,
-        calibration_method=campaign.data.calibration_method,
-        trial_number=request.number,
         log=log,
     )
     example = example_input(ctx.input_shape)
@@ -366,9 +453,7 @@ def apply_technique(
     (prune/train: a ``torch.nn.Module``; quantize: an :class:`OnnxArtifact`)."""
     technique = registered.technique
     expected = OnnxArtifact if technique.stage == "quantize" else torch.nn.Module
-    source = registered.source
-    origin = f"built-in {source.name}" if source.builtin else source.origin
-    who = f"technique {technique.name!r} ({origin})"
+    who = _who(registered)
     try:
         result = technique.apply(subject, params, ctx)
     except (TrialPruned, MeasurementFailed):
@@ -383,9 +468,16 @@ def apply_technique(
     return result
 
 
+def _who(registered: RegisteredTechnique) -> str:
+    source = registered.source
+    origin = f"built-in {source.name}" if source.builtin else source.origin
+    return f"technique {registered.technique.name!r} ({origin})"
+
+
 def _fingerprint(model: torch.nn.Module) -> str:
+    """The weights and the architecture (parameter names and shapes) of ``model``."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()

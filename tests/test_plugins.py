@@ -100,6 +100,54 @@ def vitopt_register_techniques():
     return [Faulty()]
 """
 
+# Techniques whose declared defaults change the baseline: what the campaign must refuse.
+MEDDLING = {
+    "shrink": (
+        """
+import torch
+from optimizer.hookspecs import hookimpl
+from optimizer.technique import ParamSpec
+
+class Shrink:
+    name = "shrink"
+    stage = "prune"
+    def search_space(self):
+        return [ParamSpec("shrink.scale", "float", 0.5, low=0.1, high=1.0)]
+    def apply(self, subject, params, ctx):
+        with torch.no_grad():  # a default of 1.0 would leave the model alone
+            for weight in subject.parameters():
+                weight.mul_(params["shrink.scale"])
+        return subject
+
+@hookimpl
+def vitopt_register_techniques():
+    return [Shrink()]
+""",
+        "technique 'shrink' (vitopt-shrink 0.1.0) changes the baseline model at its defaults "
+        "(shrink.scale=0.5)",
+    ),
+    "relabel": (
+        """
+from optimizer.hookspecs import hookimpl
+from optimizer.technique import OnnxArtifact, ParamSpec
+
+class Relabel:
+    name = "relabel"
+    stage = "quantize"
+    def search_space(self):
+        return [ParamSpec("relabel.half", "bool", True)]
+    def apply(self, subject, params, ctx):
+        return OnnxArtifact(subject.path, "fp16") if params["relabel.half"] else subject
+
+@hookimpl
+def vitopt_register_techniques():
+    return [Relabel()]
+""",
+        "technique 'relabel' (vitopt-relabel 0.1.0) changes the baseline's ONNX graph at its "
+        "defaults (relabel.half=True)",
+    ),
+}
+
 BROKEN = {
     "importfails": (
         IMPORT_FAILS,
@@ -431,6 +479,25 @@ def test_vitopt_run_refuses_a_broken_plugin_in_one_line(
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {BROKEN[name][1]}"), result.stderr
     assert not (tmp_path / "runs" / "tiny" / "study.db").exists()  # stopped before the search
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MEDDLING))
+def test_a_default_that_changes_the_baseline_stops_the_campaign_before_its_first_trial(
+    name: str, tmp_path: Path
+) -> None:
+    code, message = MEDDLING[name]
+    target = tmp_path / "target"
+    pip_install(write_plugin_package(tmp_path / "src", name, code), target)
+    campaign = write_campaign(tmp_path, **{"execution.workers": 0})
+    result = vitopt("run", str(campaign), env=env_with(target), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.stderr
+    assert "a parameter's default must mean 'leave the model as it is'" in lines[0]
+    storage = f"sqlite:///{tmp_path}/runs/tiny/study.db"
+    assert optuna.load_study(study_name="tiny", storage=storage).trials == []
 
 
 @pytest.mark.slow

@@ -167,9 +167,10 @@ def _default_runtime_env(execution: ExecutionConfig) -> dict[str, Any] | None:
         return None
     import jetson_agent
     import optimizer
-    import plugins
 
-    return {"py_modules": [optimizer, plugins, jetson_agent]}
+    from .plugin_manager import builtin_package_dir
+
+    return {"py_modules": [optimizer, builtin_package_dir(), jetson_agent]}
 
 
 class RayExecutor:

@@ -38,6 +38,16 @@ DISABLE_ENV = "VITOPT_DISABLE_PLUGINS"
 _BUILTIN_PREFIX = "builtin:"
 
 
+def builtin_package_dir() -> str:
+    """The folder of the package holding the built-in plugins, found without importing it (the
+    core imports no plugin: import-linter checks it), for shipping to Ray workers."""
+    package = BUILTIN_PLUGINS[0].split(".")[0]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the built-in plugins' package {package!r} is not installed")
+    return next(iter(spec.submodule_search_locations))
+
+
 class PluginError(Exception):
     """A plugin is broken; the message (one line) names it and its distribution."""
 

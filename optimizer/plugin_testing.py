@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .plugin_manager import build_plugin_manager, collect_techniques
+from .plugin_manager import build_plugin_manager, collect_techniques, registered
 from .technique import OnnxArtifact, StageContext, Technique
 
 #: The model of the tests' tiny campaign: 16 px inputs, patch 4, 2 blocks of 4 heads, width 64.
@@ -88,14 +88,14 @@ def stage_context(
     """A :class:`StageContext` like the pipeline's, on random data: the classification task, no
     teacher, an onnxruntime CPU device, trial 1. ``fields`` replace any of its fields
     (``teacher=``, ``device_info=``, ``report=`` ...)."""
-    from plugins.classification import Classification
-
     values: dict[str, Any] = {
         "input_shape": (1, 3, image_size, image_size),
         "num_classes": num_classes,
         "train_loader": random_loader(image_size=image_size, num_classes=num_classes),
         "val_loader": random_loader(image_size=image_size, num_classes=num_classes, seed=1),
-        "task": Classification(),
+        "task": registered(
+            build_plugin_manager().hook.vitopt_register_tasks(), "classification", "task.name"
+        ),
         "teacher": None,
         "device_info": {
             "device": "test host",

@@ -26,7 +26,7 @@ def campaign_task(campaign: Campaign) -> Any:
     from .plugin_manager import build_plugin_manager, registered
 
     manager = build_plugin_manager(campaign.plugins.disable)
-    return registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name")
+    return registered(manager, "vitopt_register_tasks", campaign.task.name, "task.name")
 
 
 def check_timm_model(name: str, key: str = "model.name") -> None:

@@ -162,8 +162,8 @@ def preflight(campaign: Campaign) -> None:
 
     manager = build_plugin_manager(campaign.plugins.disable)
     collect_techniques(manager)
-    registered(manager.hook.vitopt_register_datasets(), campaign.data.source, key("data.source"))
-    task = registered(manager.hook.vitopt_register_tasks(), campaign.task.name, key("task.name"))
+    registered(manager, "vitopt_register_datasets", campaign.data.source, key("data.source"))
+    task = registered(manager, "vitopt_register_tasks", campaign.task.name, key("task.name"))
     if getattr(task, "build_model", None) is None:
         check_timm_model(campaign.model.name, key("model.name"))
 

@@ -76,17 +76,18 @@ class TrialOutcome:
 
 
 @functools.cache
-def _splits(data_json: str) -> Any:
+def _splits(data_json: str, disable: tuple[str, ...]) -> Any:
     from .config import DataConfig
 
     data = DataConfig.model_validate_json(data_json)
-    answers = build_plugin_manager().hook.vitopt_register_datasets()
-    return registered(answers, data.source, "data.source")(data)
+    manager = build_plugin_manager(disable)
+    return registered(manager, "vitopt_register_datasets", data.source, "data.source")(data)
 
 
 def load_splits(campaign: Campaign) -> Any:
-    """The campaign's data, loaded once per process."""
-    return _splits(campaign.data.model_dump_json())
+    """The campaign's data, loaded once per process, from the data source its enabled plugins
+    register (``plugins.disable`` applies: a disabled plugin is not even imported)."""
+    return _splits(campaign.data.model_dump_json(), tuple(campaign.plugins.disable))
 
 
 def _stage_context(
@@ -118,7 +119,7 @@ def _stage_context(
             )
         ),
         val_loader=DataLoader(splits.val, batch_size=256),
-        task=registered(manager.hook.vitopt_register_tasks(), campaign.task.name, "task.name"),
+        task=registered(manager, "vitopt_register_tasks", campaign.task.name, "task.name"),
         teacher=teacher,
         device_info=device_info,
         work_dir=work,

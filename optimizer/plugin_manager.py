@@ -451,22 +451,47 @@ def survey(disable: Iterable[str] = ()) -> Survey:
     for source, problem in _cross_check(registered):
         status = by_source[source]
         status.error = status.error or problem
+    for label, names_of in (("task", "tasks"), ("data source", "datasets")):
+        claimed: dict[str, PluginSource] = {}
+        for status in statuses:
+            if status.disabled or status.error:
+                continue
+            for name in getattr(status, names_of):
+                if name in claimed:
+                    status.error = (
+                        f"{label} name {name!r} is claimed by both {claimed[name].describe()} "
+                        f"and {status.source.describe()}"
+                    )
+                claimed.setdefault(name, status.source)
     known = {status.source.name for status in statuses}
     return Survey(statuses, sorted(skip - known))
 
 
-def registered(answers: Iterable[Mapping[str, Any]], name: str, key: str) -> Any:
-    """The entry ``name`` among what the enabled plugins registered (the dicts a
-    ``vitopt_register_*`` hook answered); a name none registered is the campaign file's mistake:
+# What each registering hook registers, as its clash errors name it.
+_REGISTRIES = {"vitopt_register_tasks": "task", "vitopt_register_datasets": "data source"}
+
+
+def registered(manager: pluggy.PluginManager, hook: str, name: str, key: str) -> Any:
+    """The entry ``name`` that the enabled plugins register through ``hook``
+    (``vitopt_register_tasks`` or ``vitopt_register_datasets``: each answers a dict of name ->
+    entry). Two plugins registering one name is a PluginError naming both (as for techniques:
+    neither silently wins); a name none registered is the campaign file's mistake, a
     CampaignError naming its ``key`` and the names there are."""
     from .config import CampaignError
 
-    known: dict[str, Any] = {}
-    for answer in answers:
-        known.update(answer)
+    known: dict[str, tuple[Any, PluginSource]] = {}
+    for impl in getattr(manager.hook, hook).get_hookimpls():  # in registration order
+        source = _source(manager, impl.plugin)
+        for entry_name, entry in (impl.function() or {}).items():
+            if entry_name in known:
+                raise PluginError(
+                    f"{_REGISTRIES[hook]} name {entry_name!r} is claimed by both "
+                    f"{known[entry_name][1].describe()} and {source.describe()}"
+                )
+            known[entry_name] = (entry, source)
     if name not in known:
         raise CampaignError(
             f"{key}: {name!r} is not registered by any enabled plugin "
             f"(registered: {', '.join(sorted(known)) or 'none'}; see vitopt plugins)"
         )
-    return known[name]
+    return known[name][0]

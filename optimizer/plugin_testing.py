@@ -94,7 +94,7 @@ def stage_context(
         "train_loader": random_loader(image_size=image_size, num_classes=num_classes),
         "val_loader": random_loader(image_size=image_size, num_classes=num_classes, seed=1),
         "task": registered(
-            build_plugin_manager().hook.vitopt_register_tasks(), "classification", "task.name"
+            build_plugin_manager(), "vitopt_register_tasks", "classification", "task.name"
         ),
         "teacher": None,
         "device_info": {

@@ -148,6 +148,18 @@ def vitopt_register_techniques():
     ),
 }
 
+TASK_CLASH = """
+from optimizer.hookspecs import hookimpl
+
+@hookimpl
+def vitopt_register_tasks():
+    return {"classification": object()}
+"""
+TASK_CLASH_MESSAGE = (
+    "task name 'classification' is claimed by both built-in plugin 'plugins.classification' "
+    "and plugin 'taskclash' from vitopt-taskclash 0.1.0"
+)
+
 BROKEN = {
     "importfails": (
         IMPORT_FAILS,
@@ -479,6 +491,22 @@ def test_vitopt_run_refuses_a_broken_plugin_in_one_line(
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {BROKEN[name][1]}"), result.stderr
     assert not (tmp_path / "runs" / "tiny" / "study.db").exists()  # stopped before the search
+
+
+@pytest.mark.slow
+def test_a_task_registered_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    pip_install(write_plugin_package(tmp_path / "src", "taskclash", TASK_CLASH), target)
+    campaign = write_campaign(tmp_path, **{"execution.workers": 0})
+    run = vitopt("run", str(campaign), env=env_with(target), cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: {TASK_CLASH_MESSAGE}"], run.stderr
+    listed = vitopt("plugins", "--json", env=env_with(target), cwd=tmp_path)
+    assert listed.returncode == 1
+    by_name = {p["name"]: p for p in json.loads(listed.stdout)["plugins"]}
+    assert by_name["taskclash"]["error"] == TASK_CLASH_MESSAGE
+    assert by_name["plugins.classification"]["error"] is None
 
 
 @pytest.mark.slow

@@ -152,10 +152,6 @@ class VitoptPluginManager(pluggy.PluginManager):
         name = self.get_name(plugin) or repr(plugin)
         return self.sources.get(name) or PluginSource(name=name, module=name)
 
-    def list_plugin_distributions(self) -> list[tuple[object, importlib.metadata.Distribution]]:
-        """(plugin, distribution) for every plugin loaded from an entry point."""
-        return list(self._distributions)
-
     def list_plugin_distinfo(self) -> list[tuple[object, Any]]:  # type: ignore[override]
         return [(plugin, _DistInfo(dist)) for plugin, dist in self._distributions]
 

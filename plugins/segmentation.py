@@ -130,16 +130,6 @@ def build_segmentation_model(
     return SegmentationViT(backbone, num_classes, head_width, image_size)
 
 
-def _flatten_valid(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, H, W) logits and (N, H, W) labels → (P, C) and (P,) over the non-ignored pixels."""
-    flat = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-    labels = labels.reshape(-1)
-    keep = labels != ignore_index
-    return flat[keep], labels[keep]
-
-
 class Segmentation:
     """Per-pixel cross-entropy (255 ignored); mIoU on the deployable ONNX file."""
 

@@ -54,7 +54,7 @@ from optimizer.config import Campaign
 from optimizer.executor import make_executor
 from optimizer.pipeline import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
 from optimizer.plugin_manager import build_plugin_manager, collect_techniques
-from optimizer.search_space import build_search_space
+from optimizer.search_space import build_search_space, offered_choices
 from optimizer.study import BASELINE_ATTR, counted_trials, open_study
 
 MAX_ACCURACY_DROP = 0.5
@@ -177,15 +177,18 @@ def bench_setup(campaign: Campaign, checkpoint: Path) -> Setup:
     """What ``prepare`` builds, minus the agents and the baseline training: the built-in
     plugins' declared space, narrowed to a device that runs fp32 and int8."""
     manager = build_plugin_manager(campaign.plugins.disable)
-    declared = [s for t in collect_techniques(manager) for s in t.technique.search_space()]
-    space = build_search_space(declared, campaign.search.space, DEVICE_PRECISIONS, "bench")
+    techniques = [t.technique for t in collect_techniques(manager)]
+    declared = [s for t in techniques for s in t.search_space()]
+    device_info = {"precisions": DEVICE_PRECISIONS}
+    offered = offered_choices(techniques, device_info)
+    space = build_search_space(declared, campaign.search.space, offered, "bench")
     return Setup(
         campaign=campaign,
         agent_urls=[],
         silent_agents=[],
         device_type="bench",
         agent_token=None,
-        device_info={"precisions": DEVICE_PRECISIONS},
+        device_info=device_info,
         space=space,
         checkpoint=checkpoint,
         manager=manager,

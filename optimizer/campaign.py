@@ -60,6 +60,7 @@ from .study import (
     record,
     reference_drift,
     reference_jobs,
+    task_metric,
 )
 from .study_note import name_objectives, write_note
 
@@ -400,7 +401,8 @@ def drive(
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
     store = artifact_store(campaign)
-    name_objectives(study, campaign)
+    task = registered(setup.manager, "vitopt_register_tasks", campaign.task.name, "task.name")
+    name_objectives(study, campaign, task_metric(task))
     running: dict[Any, optuna.Trial] = {}
     columns = (
         TextColumn("trials"),

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import Campaign
 from .figures import ms, pct, points, speedup
-from .study import BASELINE_ATTR, baseline_trial
+from .study import BASELINE_ATTR, DEFAULT_METRIC, baseline_trial
 from .study_note import digest, drift_line
 
 PNG_FILES = {
@@ -74,9 +74,10 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def importances(
-    study: optuna.Study, trials: list[FrozenTrial]
+    study: optuna.Study, trials: list[FrozenTrial], score: str = DEFAULT_METRIC
 ) -> tuple[dict[str, dict[str, float]] | None, str | None]:
-    """Importances for latency and top-1 over ``trials``, or None and why they were skipped."""
+    """Importances for latency and for the score (``score`` names it: top-1, mIoU) over
+    ``trials``, or None and why they were skipped."""
     if len(trials) < 2:
         return None, f"{len(trials)} complete trial(s) besides the baseline: at least 2 needed"
     values: dict[str, set[str]] = {}
@@ -94,7 +95,7 @@ def importances(
             warnings.simplefilter("ignore")
             for name, target in (
                 ("latency", lambda t: t.user_attrs["latency_ms"]),
-                ("top-1", lambda t: -t.user_attrs["accuracy"]),
+                (score, lambda t: -t.user_attrs["accuracy"]),
             ):
                 found = optuna.importance.get_param_importances(
                     scratch, target=target, evaluator=PedAnovaImportanceEvaluator()
@@ -138,7 +139,8 @@ def collect(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
     rows = [_trial_row(t) for t in complete]
     summary = digest(study, campaign)
     threshold = base.user_attrs["accuracy"] - campaign.objective.max_accuracy_drop
-    found, skipped = importances(study, [t for t in complete if not t.user_attrs.get("baseline")])
+    candidates = [t for t in complete if not t.user_attrs.get("baseline")]
+    found, skipped = importances(study, candidates, summary["accuracy_metric"])
     summary.update(
         {
             "feasible_min_accuracy": threshold,

@@ -193,9 +193,17 @@ def record(
     return study.tell(trial, state=state)
 
 
+DEFAULT_METRIC = "top-1"  # what ``accuracy`` is when the task names no metric_name
+
+
 def metric_label(attrs: Mapping[str, Any]) -> str:
     """What a trial's ``accuracy`` is: top-1 unless its task named it (segmentation: mIoU)."""
-    return attrs.get("accuracy_metric") or "top-1"
+    return attrs.get("accuracy_metric") or DEFAULT_METRIC
+
+
+def task_metric(task: Any) -> str:
+    """What the campaign's task scores (its ``metric_name``), as trials will record it."""
+    return getattr(task, "metric_name", None) or DEFAULT_METRIC
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

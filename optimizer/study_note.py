@@ -35,16 +35,17 @@ from .study import (
 _log = logging.getLogger("vitopt.study_note")
 
 
-def objective_names(campaign: Campaign) -> list[str]:
-    """The study's objectives as the dashboard labels them, in the order they are told."""
+def objective_names(campaign: Campaign, score: str) -> list[str]:
+    """The study's objectives as the dashboard labels them, in the order they are told
+    (``score``: what the task's accuracy is, :func:`metric_label`)."""
     latency = f"{campaign.objective.metric} latency (ms)"
-    return [latency, "top-1"] if campaign.objective.mode == "pareto" else [latency]
+    return [latency, score] if campaign.objective.mode == "pareto" else [latency]
 
 
-def name_objectives(study: optuna.Study, campaign: Campaign) -> None:
+def name_objectives(study: optuna.Study, campaign: Campaign, score: str) -> None:
     """Label the objectives (Optuna's metric names, which optuna-dashboard shows; its own
     set_objective_names is deprecated for this). Best effort, like the note."""
-    names = objective_names(campaign)
+    names = objective_names(campaign, score)
     try:
         if study.metric_names != names:
             with warnings.catch_warnings():  # experimental in Optuna 5; said once, not per run
@@ -82,12 +83,13 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
     base = baseline_trial(snapshot)
     best = best_feasible(snapshot)
     objective = campaign.objective
+    score = metric_label(base.user_attrs if base is not None else {})
     result: dict[str, Any] = {
         "campaign": campaign.name,
         "mode": objective.mode,
         "metric": objective.metric,
-        "objectives": objective_names(campaign),
-        "accuracy_metric": metric_label(base.user_attrs if base is not None else {}),
+        "objectives": objective_names(campaign, score),
+        "accuracy_metric": score,
         "max_accuracy_drop": objective.max_accuracy_drop,
         "max_memory_mb": objective.max_memory_mb,
         "trials": {
@@ -178,13 +180,13 @@ def render_note(summary: dict[str, Any]) -> str:
         lines.append(f"- **Device**: {shown}")
         backend = device["backend_version"] or device["backend"] or "unknown"
         lines.append(f"- **Backend**: {backend}")
+    score = summary["accuracy_metric"]
     objective = (
         f"minimise {metric} latency, subject to the accuracy budget"
         if summary["mode"] == "latency"
-        else f"Pareto front of {metric} latency (min) and top-1 (max)"
+        else f"Pareto front of {metric} latency (min) and {score} (max)"
     )
     lines.append(f"- **Objective**: {objective}")
-    score = summary["accuracy_metric"]
     budget = f"{score} at most {summary['max_accuracy_drop'] * 100:.2f} pt below the baseline's"
     if summary["max_memory_mb"] is not None:
         budget += f"; peak memory at most {summary['max_memory_mb']:g} MB"

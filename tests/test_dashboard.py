@@ -33,7 +33,7 @@ from optimizer.config import load_campaign
 from optimizer.figures import ms, pct, points, speedup
 from optimizer.report import ReportError, importances, pareto_front, write_report
 from optimizer.study import baseline_trial, best_feasible
-from optimizer.study_note import digest, render_note, write_note
+from optimizer.study_note import digest, name_objectives, render_note, write_note
 
 _VITOPT = (sys.executable, "-m", "optimizer")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
@@ -379,15 +379,17 @@ def test_note_before_the_baseline_finished(tmp_path: Path) -> None:
     assert "0/5 counted" in note
 
 
-def _synthetic_pareto_study() -> optuna.Study:
+def _synthetic_pareto_study(**extra: str) -> optuna.Study:
     """A finished pareto-mode study as the driver records one: a baseline and three
-    candidates, one of them over the accuracy budget (0.15)."""
+    candidates, one of them over the accuracy budget (0.15); ``extra`` user attributes on
+    every trial."""
     study = optuna.create_study(directions=["minimize", "maximize"])
     distributions = {
         "prune.ratio": optuna.distributions.FloatDistribution(0.4, 0.7),
         "quantize.precision": optuna.distributions.CategoricalDistribution(["fp32", "int8"]),
     }
     common = {"device": "cpu", "device_type": "cpu", "backend": "ort", "backend_version": "ort 1"}
+    common.update(extra)
     study.add_trial(
         optuna.trial.create_trial(
             values=[1.0, 0.9],
@@ -432,6 +434,18 @@ def test_report_in_pareto_mode(tmp_path: Path) -> None:
     for name in (*data["png"].values(), "report.html", "summary.json"):
         assert (tmp_path / "report" / name).stat().st_size > 1000, name
     assert len(data["png"]) == 4
+
+
+def test_a_segmentation_pareto_study_is_labelled_by_its_metric(tmp_path: Path) -> None:
+    campaign = load_campaign(write_campaign(tmp_path, **{"objective.mode": "pareto"}))
+    study = _synthetic_pareto_study(accuracy_metric="mIoU")
+    data = write_report(study, campaign, tmp_path / "report")
+    assert data["objectives"] == ["p50 latency (ms)", "mIoU"]
+    assert set(data["importances"]) == {"latency", "mIoU"}
+    note = render_note(digest(study, campaign))
+    assert "Pareto front of p50 latency (min) and mIoU (max)" in note
+    name_objectives(study, campaign, "mIoU")
+    assert study.metric_names == ["p50 latency (ms)", "mIoU"]
 
 
 def test_report_needs_a_baseline(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http
+import http.client
 import json
 import re
 import time
@@ -147,12 +148,18 @@ class AgentClient:
                     raw = response.read()
                     return response.status, json.loads(raw) if raw else None
             except urllib.error.HTTPError as exc:
-                raw = exc.read()
-                if exc.code < 500:
-                    self._raise_for(exc.code, raw, method)
-                    return exc.code, None  # HEAD 404 and friends
-                failure: Exception = exc
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                try:
+                    raw = exc.read()
+                except (http.client.HTTPException, OSError) as lost:
+                    failure: Exception = lost  # the agent went away mid-answer
+                else:
+                    if exc.code < 500:
+                        self._raise_for(exc.code, raw, method)
+                        return exc.code, None  # HEAD 404 and friends
+                    failure = exc
+            # http.client.HTTPException: an answer cut short (IncompleteRead, BadStatusLine),
+            # as when the agent is killed while it answers.
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 failure = exc
             attempt += 1
             if attempt > self.retries:

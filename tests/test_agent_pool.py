@@ -176,3 +176,58 @@ def test_agent_killed_mid_measurement_then_back_on_its_address(
         assert all(entry["agent"] == back.url for entry in measure.log)
     finally:
         back.stop()
+
+
+class _CutShortServer:
+    """Answers each connection with headers that promise a 561-byte body and then closes
+    (what a client sees of an agent killed while it answers), until ``cut`` connections have
+    been served so; then whole answers."""
+
+    BODY = b'{"device": "test"}'
+
+    def __init__(self, cut: int) -> None:
+        import socket
+
+        self.cut = cut
+        self.served = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                whole = self.served >= self.cut
+                length = len(self.BODY) if whole else 561
+                head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                head += f"Content-Length: {length}\r\n\r\n"
+                connection.sendall(head.encode() + (self.BODY if whole else b""))
+                self.served += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("cut", [1, 10])
+def test_an_answer_cut_short_is_retried_then_the_agent_is_unreachable(cut: int) -> None:
+    """CI saw IncompleteRead escape a pooled measurement when the agent was killed while it
+    answered: it is an unreachable agent (retried, then AgentUnreachable), like a refused
+    connection."""
+    from optimizer.agent_client import AgentClient, AgentUnreachable
+
+    server = _CutShortServer(cut)
+    try:
+        client = AgentClient(server.url, retries=2, backoff_s=0.01)
+        if cut <= client.retries:
+            assert client.info() == {"device": "test"}  # the retry got the whole answer
+        else:
+            with pytest.raises(AgentUnreachable, match="IncompleteRead"):
+                client.info()
+        assert server.served == min(cut + 1, client.retries + 1)
+    finally:
+        server.close()

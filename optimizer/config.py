@@ -68,10 +68,15 @@ class TeacherConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    """``classification`` (top-1) or ``segmentation`` (mIoU: ``objective.max_accuracy_drop`` is
-    then the largest mIoU drop allowed)."""
+    """A task an enabled plugin registers (``vitopt_register_tasks``), checked before anything
+    is written: the built-ins are ``classification`` (top-1) and ``segmentation`` (mIoU:
+    ``objective.max_accuracy_drop`` is then the largest mIoU drop allowed)."""
 
-    name: Literal["classification", "segmentation"] = "classification"
+    name: str = Field(
+        "classification",
+        min_length=1,
+        description="a registered task: classification, segmentation, or a plugin's",
+    )
 
 
 class DataConfig(_Strict):

@@ -48,6 +48,11 @@ BROKEN = {
         _changed("data.source", "imagenet"),
         "data.source: 'imagenet' is not registered by any enabled plugin (registered: digits,",
     ),
+    "an unknown task": (
+        _changed("task", {"name": "regression"}),
+        "task.name: 'regression' is not registered by any enabled plugin (registered: "
+        "classification, segmentation;",
+    ),
     "an unknown timm model": (
         _changed("model.name", "vit_tiny_patch16_2244"),
         "model.name: timm has no model 'vit_tiny_patch16_2244' (close: vit_tiny_patch16_224",

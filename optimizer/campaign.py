@@ -208,7 +208,9 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         console.print(f"baseline trained and cached at {checkpoint}")
     with tempfile.TemporaryDirectory(prefix="vitopt-defaults-") as work:
         try:
-            check_defaults(campaign, checkpoint, info, dict(space.baseline), Path(work))
+            check_defaults(
+                campaign, manager, techniques, checkpoint, info, dict(space.baseline), Path(work)
+            )
         except (DefaultsChangeTheModel, TechniqueFailed) as exc:
             raise CampaignFailed(str(exc)) from exc
     return Setup(

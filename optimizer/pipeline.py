@@ -37,7 +37,7 @@ from .plugin_manager import (
     collect_techniques,
     registered,
 )
-from .technique import OnnxArtifact, StageContext, TrialPruned
+from .technique import STAGES, OnnxArtifact, StageContext, TrialPruned
 from .trial_log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
 
 ShouldPrune = Callable[[int, float], bool]
@@ -137,8 +137,18 @@ class DefaultsChangeTheModel(Exception):
     drop of the campaign would be measured against a model that is not the user's."""
 
 
+def by_stage(entries: list[RegisteredTechnique]) -> dict[str, list[RegisteredTechnique]]:
+    """The techniques of each stage, in registration order (the order they run in)."""
+    stages: dict[str, list[RegisteredTechnique]] = {stage: [] for stage in STAGES}
+    for entry in entries:
+        stages[entry.technique.stage].append(entry)
+    return stages
+
+
 def check_defaults(
     campaign: Campaign,
+    manager: Any,
+    entries: list[RegisteredTechnique],
     checkpoint: Path,
     device_info: dict[str, Any],
     defaults: dict[str, Any],
@@ -151,9 +161,9 @@ def check_defaults(
 
     Why: the baseline is "every technique at its default" (docs/architecture.md); a default
     that prunes or retrains would silently replace the user's model by a worse one, and the
-    campaign would report candidates against it."""
-    manager = build_plugin_manager(campaign.plugins.disable)
-    entries = collect_techniques(manager)
+    campaign would report candidates against it. ``manager`` and ``entries``: the campaign's
+    plugin manager and its techniques (:func:`collect_techniques`)."""
+    stages = by_stage(entries)
     splits = load_splits(campaign)
     model = load_model(campaign, splits.num_classes, checkpoint)
     torch.manual_seed(campaign.search.seed)
@@ -162,17 +172,16 @@ def check_defaults(
         campaign, splits, manager, device_info, work, number=0, teacher=None, log=log
     )
     params = dict(defaults)
-    for stage in ("prune", "train"):
-        for entry in (e for e in entries if e.technique.stage == stage):
-            before = _fingerprint(model)
-            model = apply_technique(entry, model, params, ctx)
-            if _fingerprint(model) != before:
-                raise DefaultsChangeTheModel(_changed(entry, params, "the baseline model"))
+    for entry in (*stages["prune"], *stages["train"]):
+        before = _fingerprint(model)
+        model = apply_technique(entry, model, params, ctx)
+        if _fingerprint(model) != before:
+            raise DefaultsChangeTheModel(_changed(entry, params, "the baseline model"))
     artifact = OnnxArtifact(
         export_onnx(model, example_input(ctx.input_shape), work / "defaults.onnx")
     )
     digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()
-    for entry in (e for e in entries if e.technique.stage == "quantize"):
+    for entry in stages["quantize"]:
         result = apply_technique(entry, artifact, params, ctx)
         unchanged = hashlib.sha256(result.path.read_bytes()).hexdigest() == digest
         if result.precision != artifact.precision or not unchanged:
@@ -305,11 +314,9 @@ def _run(
     work.mkdir(parents=True, exist_ok=True)
 
     manager = build_plugin_manager(campaign.plugins.disable)
-    stages: dict[str, list[RegisteredTechnique]] = {"prune": [], "train": [], "quantize": []}
-    declared: set[str] = set()
-    for entry in collect_techniques(manager):
-        stages[entry.technique.stage].append(entry)
-        declared.update(spec.name for spec in entry.technique.search_space())
+    entries = collect_techniques(manager)
+    stages = by_stage(entries)
+    declared = {spec.name for entry in entries for spec in entry.technique.search_space()}
     unknown = sorted(set(params) - declared)
     if unknown:  # the driver has a plugin this process lacks: never run without it silently
         raise TechniqueFailed(

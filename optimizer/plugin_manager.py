@@ -329,6 +329,11 @@ def _check_technique(technique: object, label: str) -> None:
             raise PluginError(f"{label}: technique {name!r}: invalid {exc}") from exc
 
 
+def _claimed_twice(kind: str, name: str, first: PluginSource, second: PluginSource) -> str:
+    """The one-line error for a name two plugins register (a technique, a task, a source)."""
+    return f"{kind} name {name!r} is claimed by both {first.describe()} and {second.describe()}"
+
+
 def _cross_check(found: Sequence[RegisteredTechnique]) -> list[tuple[PluginSource, str]]:
     """What only shows across plugins: a technique or parameter name claimed twice (blamed on
     the later claimant), a ``when`` on a parameter not declared before."""
@@ -339,11 +344,7 @@ def _cross_check(found: Sequence[RegisteredTechnique]) -> list[tuple[PluginSourc
         name = entry.technique.name
         if name in names:
             problems.append(
-                (
-                    entry.source,
-                    f"technique name {name!r} is claimed by both {names[name].plugin} and "
-                    f"{entry.plugin}",
-                )
+                (entry.source, _claimed_twice("technique", name, names[name].source, entry.source))
             )
             continue
         names[name] = entry
@@ -418,6 +419,14 @@ def _registered_names(
     return names
 
 
+# Each registering hook: what it registers, as clash errors name it, and the PluginStatus
+# attribute listing a plugin's names.
+_REGISTRIES = {
+    "vitopt_register_tasks": ("task", "tasks"),
+    "vitopt_register_datasets": ("data source", "datasets"),
+}
+
+
 def survey(disable: Iterable[str] = ()) -> Survey:
     """Every installed plugin (disabled ones too), with its techniques or its error; never
     raises for a broken plugin. Name and parameter clashes are checked among enabled plugins,
@@ -447,24 +456,17 @@ def survey(disable: Iterable[str] = ()) -> Survey:
     for source, problem in _cross_check(registered):
         status = by_source[source]
         status.error = status.error or problem
-    for label, names_of in (("task", "tasks"), ("data source", "datasets")):
+    for kind, names_of in _REGISTRIES.values():
         claimed: dict[str, PluginSource] = {}
         for status in statuses:
             if status.disabled or status.error:
                 continue
             for name in getattr(status, names_of):
                 if name in claimed:
-                    status.error = (
-                        f"{label} name {name!r} is claimed by both {claimed[name].describe()} "
-                        f"and {status.source.describe()}"
-                    )
+                    status.error = _claimed_twice(kind, name, claimed[name], status.source)
                 claimed.setdefault(name, status.source)
     known = {status.source.name for status in statuses}
     return Survey(statuses, sorted(skip - known))
-
-
-# What each registering hook registers, as its clash errors name it.
-_REGISTRIES = {"vitopt_register_tasks": "task", "vitopt_register_datasets": "data source"}
 
 
 def registered(manager: pluggy.PluginManager, hook: str, name: str, key: str) -> Any:
@@ -480,10 +482,8 @@ def registered(manager: pluggy.PluginManager, hook: str, name: str, key: str) ->
         source = _source(manager, impl.plugin)
         for entry_name, entry in (impl.function() or {}).items():
             if entry_name in known:
-                raise PluginError(
-                    f"{_REGISTRIES[hook]} name {entry_name!r} is claimed by both "
-                    f"{known[entry_name][1].describe()} and {source.describe()}"
-                )
+                kind = _REGISTRIES[hook][0]
+                raise PluginError(_claimed_twice(kind, entry_name, known[entry_name][1], source))
             known[entry_name] = (entry, source)
     if name not in known:
         raise CampaignError(

@@ -72,7 +72,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -645,16 +645,22 @@ def run_campaign_once(args: argparse.Namespace, folder: Path) -> tuple[Path, flo
 
 class OrtTimer:
     """One model in onnxruntime in this process, one thread, timed run by run: the
-    re-measurement shares no code with the agent's timing."""
+    re-measurement shares no code with the agent's timing. ``disabled_optimizers``: graph
+    optimizations (by name) the session skips."""
 
-    def __init__(self, path: Path, block_ms: float):
+    def __init__(self, path: Path, block_ms: float, disabled_optimizers: Sequence[str] = ()):
         import numpy as np
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(disabled_optimizers),
+        )
         feed = self.session.get_inputs()[0]
         shape = [d if isinstance(d, int) else 1 for d in feed.shape]
         self.feeds = {feed.name: np.random.default_rng(0).standard_normal(shape, np.float32)}

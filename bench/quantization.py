@@ -205,41 +205,19 @@ def paired_job(client: Any, model: Path, reference: Path, max_time_s: float) -> 
 
 def qdq_fusion(fp32: Path, qdq: Path, rounds: int = 10, block_ms: float = 50.0) -> dict[str, Any]:
     """fp32, the qdq graph, and the qdq graph without onnxruntime's MatMulAddFusion, timed in
-    interleaved blocks in this process (one thread); speedups are medians of round ratios."""
-    import numpy as np
-    import onnxruntime as ort
+    interleaved blocks in this process (one thread, ``fidelity.OrtTimer``); speedups are
+    medians of round ratios."""
+    from fidelity import OrtTimer
 
-    def session(path: Path, disabled: list[str]) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        return ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-        )
-
-    sessions = {
-        "fp32": session(fp32, []),
-        "default": session(qdq, []),
-        "without_MatMulAddFusion": session(qdq, ["MatMulAddFusion"]),
+    timers = {
+        "fp32": OrtTimer(fp32, block_ms),
+        "default": OrtTimer(qdq, block_ms),
+        "without_MatMulAddFusion": OrtTimer(qdq, block_ms, ["MatMulAddFusion"]),
     }
-    shape = [d if isinstance(d, int) else 1 for d in sessions["fp32"].get_inputs()[0].shape]
-    feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-
-    def block(sess: Any, count: int) -> float:
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    counts = {}
-    for name, sess in sessions.items():
-        block(sess, 5)
-        counts[name] = max(5, int(block_ms / 1000 / block(sess, 5)))
     ratios: dict[str, list[float]] = {"default": [], "without_MatMulAddFusion": []}
     for number in range(rounds):
-        names = list(sessions) if number % 2 == 0 else list(sessions)[::-1]
-        medians = {name: block(sessions[name], counts[name]) for name in names}
+        names = list(timers) if number % 2 == 0 else list(timers)[::-1]
+        medians = {name: statistics.median(timers[name].block()) for name in names}
         for name in ratios:
             ratios[name].append(medians["fp32"] / medians[name])
     return {

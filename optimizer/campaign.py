@@ -55,12 +55,12 @@ from .study import (
     best_feasible,
     counted_trials,
     failure_reasons,
-    metric_label,
     open_study,
     record,
     reference_drift,
     reference_jobs,
     task_metric,
+    trial_metric,
 )
 from .study_note import name_objectives, write_note
 
@@ -271,7 +271,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         },
         "wall_s": wall_s,
         "max_accuracy_drop": campaign.objective.max_accuracy_drop,
-        "accuracy_metric": metric_label(base.user_attrs if base else {}),
+        "accuracy_metric": trial_metric(base),
         "baseline": None,
         "best": None,
         "reference": reference_drift(reference_jobs(trials)),

@@ -41,6 +41,7 @@ from .study import (
     metric_label,
     reference_drift,
     reference_jobs,
+    trial_metric,
 )
 from .study_note import drift_line
 from .trial_log import LOG_NAME, LOG_TAIL_ATTR
@@ -105,7 +106,7 @@ def _short(value: Any) -> str:
 
 def trials_table(title: str, trials: list[FrozenTrial]) -> Table:
     table = Table(title=title)
-    label = metric_label(trials[0].user_attrs) if trials else "top-1"
+    label = trial_metric(trials[0] if trials else None)
     columns = (
         "trial",
         "p50 ms",

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from .campaign_commands import _campaign_arg, _load, _open_existing, _storage_option
 from .report import ReportError, write_report
-from .study import artifact_store, baseline_trial, metric_label
+from .study import artifact_store, baseline_trial, trial_metric
 from .study_note import name_objectives, write_note
 
 
@@ -50,8 +50,7 @@ def dashboard(campaign_file: Path, port: int, host: str, storage: str | None) ->
     campaign = _load(campaign_file, storage)
     study = _open_existing(campaign)
     # A study recorded before vitopt wrote them: label the objectives and write the note now.
-    base = baseline_trial(study)
-    name_objectives(study, campaign, metric_label(base.user_attrs if base is not None else {}))
+    name_objectives(study, campaign, trial_metric(baseline_trial(study)))
     if not get_note(study):
         write_note(study, campaign)
     app = wsgi(study._storage, artifact_store=artifact_store(campaign))

@@ -201,6 +201,11 @@ def metric_label(attrs: Mapping[str, Any]) -> str:
     return attrs.get("accuracy_metric") or DEFAULT_METRIC
 
 
+def trial_metric(trial: FrozenTrial | None) -> str:
+    """:func:`metric_label` of ``trial`` (the baseline, say); top-1 when there is none yet."""
+    return metric_label(trial.user_attrs if trial is not None else {})
+
+
 def task_metric(task: Any) -> str:
     """What the campaign's task scores (its ``metric_name``), as trials will record it."""
     return getattr(task, "metric_name", None) or DEFAULT_METRIC

@@ -27,9 +27,9 @@ from .study import (
     baseline_trial,
     best_feasible,
     counted_trials,
-    metric_label,
     reference_drift,
     reference_jobs,
+    trial_metric,
 )
 
 _log = logging.getLogger("vitopt.study_note")
@@ -83,7 +83,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
     base = baseline_trial(snapshot)
     best = best_feasible(snapshot)
     objective = campaign.objective
-    score = metric_label(base.user_attrs if base is not None else {})
+    score = trial_metric(base)
     result: dict[str, Any] = {
         "campaign": campaign.name,
         "mode": objective.mode,

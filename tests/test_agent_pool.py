@@ -203,11 +203,12 @@ class _CutShortServer:
             with connection:
                 connection.recv(65536)
                 whole = self.served >= self.cut
+                # Counted before answering: the client may be done before this thread resumes.
+                self.served += 1
                 length = len(self.BODY) if whole else 561
                 head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
                 head += f"Content-Length: {length}\r\n\r\n"
                 connection.sendall(head.encode() + (self.BODY if whole else b""))
-                self.served += 1
 
     def close(self) -> None:
         self.listener.close()

@@ -21,9 +21,9 @@ from pathlib import Path
 import timm
 import torch
 
-from optimizer.agent_client import AgentClient
-from optimizer.export import export_onnx
-from optimizer.local_agent import local_agent
+from optimizer.device.client import AgentClient
+from optimizer.device.local_agent import local_agent
+from optimizer.trial.export import export_onnx
 
 
 def main() -> None:

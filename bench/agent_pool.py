@@ -34,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from optimizer.agent_client import sha256_file
-from optimizer.agent_pool import AgentPool, PooledMeasurement, probe_agents
-from optimizer.local_agent import start_local_agent, stop_local_agent
+from optimizer.device.client import sha256_file
+from optimizer.device.local_agent import start_local_agent, stop_local_agent
+from optimizer.device.pool import AgentPool, PooledMeasurement, probe_agents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # not a package
 from model_factory import export_tiny_vit

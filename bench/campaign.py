@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from optimizer.campaign import run_campaign
+from optimizer.campaign.driver import run_campaign
 from optimizer.config import load_campaign
 
 

@@ -4,7 +4,7 @@ Part (a), the measurement itself. Ten demo-size timm ViTs shaped like a campaign
 (``vit_tiny_patch16_224`` at img 32, patch 4: the demo baseline's 4 blocks, width 128 and 4
 heads, with MLP ratios 4 down to 1, so neighbouring speedups are a few percent apart; random
 weights) and one larger one (depth 10, width 256: about 7 ms at p50 on one thread here), each
-exported with ``optimizer.export.export_onnx`` and measured against the unpruned geometry
+exported with ``optimizer.trial.export.export_onnx`` and measured against the unpruned geometry
 (MLP ratio 4) by a real loopback agent (onnxruntime, ``JETSON_AGENT_ORT_THREADS=1``),
 ``use_cache: false`` throughout, two ways in one run:
 
@@ -179,8 +179,8 @@ def export_arch(arch: Arch, folder: Path, seed: int) -> dict[str, Any]:
     """Export one architecture (seeded random weights) and count its MACs and parameters."""
     import torch
 
-    from optimizer.export import export_onnx
-    from optimizer.model_stats import count_macs, count_params
+    from optimizer.plugin_api.model_stats import count_macs, count_params
+    from optimizer.trial.export import export_onnx
 
     torch.manual_seed(seed)
     model = arch.build()
@@ -321,7 +321,7 @@ def measure_pass(
 ) -> dict[str, dict[str, Any]]:
     """One pass over the models: per model the paired job, then the reference and the model as
     unpaired jobs. Returns per model name the paired and unpaired figures."""
-    from optimizer.agent_client import Reference
+    from optimizer.device.client import Reference
 
     order = list(models)
     random.Random(order_seed).shuffle(order)
@@ -476,8 +476,8 @@ def _cv(values: list[float]) -> float | None:
 
 
 def part_a(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    from optimizer.agent_client import AgentClient
-    from optimizer.local_agent import start_local_agent, stop_local_agent
+    from optimizer.device.client import AgentClient
+    from optimizer.device.local_agent import start_local_agent, stop_local_agent
 
     archs = [*DEMO_ARCHS[: args.models], LARGE_ARCH]
     log(f"part a: exporting {len(archs)} models and the reference …")
@@ -731,10 +731,10 @@ def rebuild_cut_models(
     candidate passes), so nothing is trained. Their MACs are checked against the record."""
     from rich.console import Console
 
-    from optimizer.agent_client import Reference
-    from optimizer.agent_pool import AgentPool
-    from optimizer.campaign import agent_endpoint, baseline_reference, prepare
-    from optimizer.pipeline import TrialRequest, run_trial
+    from optimizer.campaign.driver import agent_endpoint, baseline_reference, prepare
+    from optimizer.device.client import Reference
+    from optimizer.device.pool import AgentPool
+    from optimizer.trial.pipeline import TrialRequest, run_trial
 
     console = Console(stderr=True, quiet=True)
     models: dict[int, Path] = {}
@@ -780,8 +780,8 @@ def part_b(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
+    from optimizer.campaign.study import best_feasible
     from optimizer.config import load_campaign
-    from optimizer.study import best_feasible
 
     campaign = load_campaign(args.campaign)
     where, wall = run_campaign_once(args, folder / "campaign")

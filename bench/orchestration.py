@@ -1,6 +1,6 @@
 """Orchestration overhead and scaling of the real campaign driver, with trials of known cost.
 
-What it measures: ``optimizer.campaign.drive`` (the loop ``vitopt run`` uses) with a real
+What it measures: ``optimizer.campaign.driver.drive`` (the loop ``vitopt run`` uses) with a real
 Campaign, search space, plugin manager, sqlite study and executor, but trials whose only work is
 a pure-Python integer loop calibrated here to take ``--trial-s`` seconds on one core (no sleep,
 no agent, no training). Whatever the wall time exceeds the loops' own time is orchestration:
@@ -23,7 +23,7 @@ cores were contended (by the driver, Ray or another process), not that orchestra
 starting its next. ``startup`` (Ray start, pool actor) is kept out of ``wall_s``;
 ``worker_first_loop_s`` lists, per worker process, when its first loop began after drive
 started: each process pays a cold start (on Ray: spawn, unpickle, import torch through
-``optimizer.executor``), and the second one only after the baseline, which runs alone.
+``optimizer.campaign.executor``), and the second one only after the baseline, which runs alone.
 ``overhead_per_trial_warm_s`` leaves the first of them out; with few trials the cold starts
 dominate, so read the full runs (16+ trials).
 """
@@ -48,14 +48,14 @@ from typing import Any
 
 from rich.console import Console
 
-from optimizer.agent_pool import AgentPool
-from optimizer.campaign import Setup, drive
+from optimizer.campaign.driver import Setup, drive
+from optimizer.campaign.executor import make_executor
+from optimizer.campaign.search_space import build_search_space, offered_choices
+from optimizer.campaign.study import BASELINE_ATTR, counted_trials, open_study
 from optimizer.config import Campaign
-from optimizer.executor import make_executor
-from optimizer.pipeline import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
-from optimizer.plugin_manager import build_plugin_manager, collect_techniques
-from optimizer.search_space import build_search_space, offered_choices
-from optimizer.study import BASELINE_ATTR, counted_trials, open_study
+from optimizer.device.pool import AgentPool
+from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
+from optimizer.trial.pipeline import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
 
 MAX_ACCURACY_DROP = 0.5
 BASELINE_LATENCY_MS = 10.0
@@ -112,7 +112,7 @@ def synthetic_trial(
     request: TrialRequest, should_prune: ShouldPrune | None, *, loops: int
 ) -> TrialOutcome:
     """A trial whose compute is ``loops`` of :func:`spin`, returning a COMPLETE outcome that
-    ``optimizer.study.record`` accepts. Module-level, so Ray can pickle it (bound with
+    ``optimizer.campaign.study.record`` accepts. Module-level, so Ray can pickle it (bound with
     functools.partial). ``bench_*`` attributes say where and when the loop ran (wall clock,
     comparable across processes of one machine)."""
     started = time.time()

@@ -82,7 +82,7 @@ def export_random(name: str, folder: Path) -> Path:
     import timm
     import torch
 
-    from optimizer.export import export_onnx
+    from optimizer.trial.export import export_onnx
 
     torch.manual_seed(0)
     geometry = MODELS[name]
@@ -97,10 +97,10 @@ def demo_baseline(folder: Path) -> tuple[Path, Any, Any, Any]:
     """The digits demo's baseline exported to ONNX, its data splits, its task and campaign."""
     import torch
 
-    from optimizer.baseline import campaign_task, load_model, prepare_baseline
     from optimizer.config import load_campaign
-    from optimizer.export import export_onnx
-    from optimizer.pipeline import load_splits
+    from optimizer.trial.baseline import campaign_task, load_model, prepare_baseline
+    from optimizer.trial.export import export_onnx
+    from optimizer.trial.pipeline import load_splits
 
     campaign = load_campaign(DEMO_CAMPAIGN)
     splits = load_splits(campaign)
@@ -130,8 +130,8 @@ def quantize_all(
     work: Path,
 ) -> dict[str, dict[str, Any]]:
     """Each recipe's int8 graph of ``fp32``, made through the technique as a trial makes it."""
+    from optimizer.plugin_api import OnnxArtifact
     from optimizer.plugin_testing import stage_context
-    from optimizer.technique import OnnxArtifact
     from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, RECIPES, Int8Quantization
 
     technique = Int8Quantization()
@@ -188,7 +188,7 @@ def graph_ops(path: Path, folder: Path) -> dict[str, Any]:
 
 
 def paired_job(client: Any, model: Path, reference: Path, max_time_s: float) -> dict[str, Any]:
-    from optimizer.agent_client import Reference
+    from optimizer.device.client import Reference
 
     spec = {"warmup": 20, "min_repeat_ms": 50, "ratio_ci": 0.02, "max_time_s": max_time_s}
     result = client.measure(model, dict(spec, use_cache=False), reference=Reference(reference))
@@ -267,8 +267,8 @@ def main() -> None:
 
     from torch.utils.data import DataLoader
 
-    from optimizer.agent_client import AgentClient
-    from optimizer.local_agent import local_agent
+    from optimizer.device.client import AgentClient
+    from optimizer.device.local_agent import local_agent
     from plugins.int8_target import int8_target
     from plugins.quantization import RECIPES
 

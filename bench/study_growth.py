@@ -1,6 +1,6 @@
 """Driver-side cost per trial as the study grows (to 2,000 trials by default).
 
-What it measures: ``optimizer.campaign.drive`` with the in-process executor (``workers=0``)
+What it measures: ``optimizer.campaign.driver.drive`` with the in-process executor (``workers=0``)
 and an instant synthetic trial (``bench/orchestration.py``'s, with no loop), on a sqlite study,
 so the time from one trial function call to the next is all driver: recording the outcome,
 the hooks, the progress line, the study reads that decide what to submit, Optuna's ask and
@@ -45,11 +45,11 @@ from orchestration import (
 )
 from rich.console import Console
 
-from optimizer.agent_pool import AgentPool
-from optimizer.campaign import Setup, drive
-from optimizer.executor import TrialFn, make_executor
-from optimizer.pipeline import ShouldPrune, TrialOutcome, TrialRequest
-from optimizer.study import counted_trials, open_study
+from optimizer.campaign.driver import Setup, drive
+from optimizer.campaign.executor import TrialFn, make_executor
+from optimizer.campaign.study import counted_trials, open_study
+from optimizer.device.pool import AgentPool
+from optimizer.trial.pipeline import ShouldPrune, TrialOutcome, TrialRequest
 
 
 def windows(trials: int) -> list[tuple[int, int]]:

@@ -1,5 +1,5 @@
 """``python -m optimizer`` is ``vitopt``."""
 
-from .cli import main
+from optimizer.cli import main
 
 main(prog_name="vitopt")

@@ -18,9 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from jetson_agent import spec as agent_spec
-
-from .agent_client import check_agent_url
-from .technique import CalibrationMethod
+from optimizer.device.client import check_agent_url
+from optimizer.plugin_api.technique import CalibrationMethod
 
 MAX_TRIALS = 100_000  # a search far past what any campaign runs: a typo, not a plan
 MAX_WORKERS = 4096

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .plugin_manager import build_plugin_manager, collect_techniques, registered
-from .technique import OnnxArtifact, StageContext, Technique
+from optimizer.plugin_api import OnnxArtifact, StageContext, Technique
+from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques, registered
 
 #: The model of the tests' tiny campaign: 16 px inputs, patch 4, 2 blocks of 4 heads, width 64.
 TINY_VIT = {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4}
@@ -118,7 +118,7 @@ def tiny_onnx(work_dir: Path, model: Any = None, image_size: int = IMAGE_SIZE) -
     static batch of 1) to ``work_dir/model.onnx``, as an fp32 :class:`OnnxArtifact`."""
     import torch
 
-    from .export import export_onnx
+    from optimizer.trial.export import export_onnx
 
     model = tiny_vit(image_size=image_size) if model is None else model
     example = torch.randn(1, 3, image_size, image_size)

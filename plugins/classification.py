@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimizer.hookspecs import hookimpl
+from optimizer.plugin_api import hookimpl
 
 from .digits import Splits, load_digits_splits
 

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec, StageContext
-from optimizer.training import train_epochs, validation_metric
+from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
+from optimizer.plugin_api.training import train_epochs, validation_metric
 
 _ENABLED = {"distill.enabled": [True]}
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from optimizer.technique import CalibrationMethod
+from optimizer.plugin_api import CalibrationMethod
 
 from .int8_target import Int8Target
 

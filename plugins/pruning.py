@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.hookspecs import hookimpl
-from optimizer.model_stats import count_params, example_input, iter_batches, model_device
-from optimizer.technique import ParamSpec, StageContext
+from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
+from optimizer.plugin_api.model_stats import count_params, example_input, iter_batches, model_device
 
 METHODS: tuple[str, ...] = ("none", "heads", "mlp", "heads+mlp")
 IMPORTANCES: tuple[str, ...] = ("magnitude", "taylor")

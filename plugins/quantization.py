@@ -22,8 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import OnnxArtifact, ParamSpec, StageContext
+from optimizer.plugin_api import OnnxArtifact, ParamSpec, StageContext, hookimpl
 
 from .int8_nncf import QdqRecipe
 from .int8_onnxruntime import DynamicRecipe, StaticRecipe

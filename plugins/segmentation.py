@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.hookspecs import hookimpl
+from optimizer.plugin_api import hookimpl
 
 from .digits import Splits
 from .segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics

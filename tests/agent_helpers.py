@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimizer.local_agent import start_local_agent, stop_local_agent
+from optimizer.device.local_agent import start_local_agent, stop_local_agent
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

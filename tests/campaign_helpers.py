@@ -13,7 +13,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.storage import open_storage
+from optimizer.campaign.storage import open_storage
 
 # Small enough for CI's 2 cores: 16 px digits, a 2-block ViT with 4 heads.
 TINY = {
@@ -107,7 +107,8 @@ def wait_until(
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Finished trials that count towards the target (as ``optimizer.study.counted_trials``)."""
+    """Finished trials that count towards the target (as
+    ``optimizer.campaign.study.counted_trials``)."""
     return [
         t
         for t in trials

@@ -14,7 +14,7 @@ def export_tiny_vit(path: Path, img_size: int = 32, depth: int = 2) -> Path:
     import timm
     import torch
 
-    from optimizer.export import export_onnx
+    from optimizer.trial.export import export_onnx
 
     model = timm.create_model(
         "vit_tiny_patch16_224",

@@ -13,7 +13,7 @@ import pytest
 from agent_helpers import RunningAgent, start_agent
 
 from jetson_agent import multipart
-from optimizer.agent_client import AgentClient, MeasurementFailed
+from optimizer.device.client import AgentClient, MeasurementFailed
 
 SPEC = {"warmup": 3, "iterations": 20, "repeats": 2}
 

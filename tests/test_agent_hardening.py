@@ -15,7 +15,7 @@ import pytest
 from agent_helpers import RunningAgent, start_agent
 from model_factory import constant_bomb_model, export_tiny_vit, string_input_model
 
-from optimizer.agent_client import AgentClient
+from optimizer.device.client import AgentClient
 
 TOKEN = "hardening-token"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()

@@ -10,7 +10,7 @@ import pytest
 from agent_helpers import start_agent
 from model_factory import endless_loop_model
 
-from optimizer.agent_client import AgentClient, MeasurementFailed
+from optimizer.device.client import AgentClient, MeasurementFailed
 
 QUICK = {"warmup": 1, "iterations": 5, "repeats": 1}
 

@@ -31,7 +31,7 @@ from model_factory import export_tiny_vit
 from jetson_agent import multipart
 from jetson_agent.quiet import DeviceLock
 from jetson_agent.stats import median_interval
-from optimizer.agent_client import AgentClient, Reference, sha256_file
+from optimizer.device.client import AgentClient, Reference, sha256_file
 
 # Small blocks: a few iterations of ~1 ms models, stretched to 25 ms by min_repeat_ms.
 FAST = {"warmup": 2, "iterations": 3, "min_repeat_ms": 25.0}
@@ -486,15 +486,15 @@ with open(log, "a") as out:
 """
 
 
-# The campaign's own training loop on that host (``optimizer.training.train_epochs`` over the
-# paced loader a trial's techniques get, told the lock's folder by ``optimizer.colocation``, as
-# a trial is): each step logs its loss call.
+# The campaign's own training loop on that host (``optimizer.plugin_api.training.train_epochs``
+# over the paced loader a trial's techniques get, told the lock's folder by
+# ``optimizer.device.colocation``, as a trial is): each step logs its loss call.
 TRAINER = """
 import json, os, sys, time
 from pathlib import Path
 import torch
-from optimizer import colocation
-from optimizer.training import train_epochs
+from optimizer.device import colocation
+from optimizer.plugin_api.training import train_epochs
 
 folder, log, stop = sys.argv[1:4]
 colocation.share_device(Path(folder))

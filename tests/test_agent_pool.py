@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from agent_helpers import RunningAgent, free_port, start_agent
 
-from optimizer.agent_client import MeasurementFailed
-from optimizer.agent_pool import (
+from optimizer.device.client import MeasurementFailed
+from optimizer.device.pool import (
     AgentPool,
     AgentPoolError,
     PooledMeasurement,
@@ -219,7 +219,7 @@ def test_an_answer_cut_short_is_retried_then_the_agent_is_unreachable(cut: int) 
     """CI saw IncompleteRead escape a pooled measurement when the agent was killed while it
     answered: it is an unreachable agent (retried, then AgentUnreachable), like a refused
     connection."""
-    from optimizer.agent_client import AgentClient, AgentUnreachable
+    from optimizer.device.client import AgentClient, AgentUnreachable
 
     server = _CutShortServer(cut)
     try:

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from optimizer import campaign as campaign_module
+from optimizer.campaign import driver as campaign_module
+from optimizer.campaign.storage import open_storage
 from optimizer.cli import main
-from optimizer.storage import open_storage
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jetson_agent.quiet import DeviceLock
-from optimizer import colocation
+from optimizer.device import colocation
 
 
 @pytest.fixture()

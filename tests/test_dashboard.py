@@ -28,12 +28,12 @@ from optuna.trial import TrialState
 from optuna_dashboard import get_note
 from postgres_server import free_port
 
+from optimizer.campaign.figures import ms, pct, points, speedup
+from optimizer.campaign.note import digest, name_objectives, render_note, write_note
+from optimizer.campaign.study import baseline_trial, best_feasible
 from optimizer.cli import main
 from optimizer.config import load_campaign
-from optimizer.figures import ms, pct, points, speedup
-from optimizer.report import ReportError, importances, pareto_front, write_report
-from optimizer.study import baseline_trial, best_feasible
-from optimizer.study_note import digest, name_objectives, render_note, write_note
+from optimizer.review.report import ReportError, importances, pareto_front, write_report
 
 _VITOPT = (sys.executable, "-m", "optimizer")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"

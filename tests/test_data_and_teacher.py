@@ -9,8 +9,8 @@ import torch
 import yaml
 from PIL import Image
 
-from optimizer.baseline import build_model, load_teacher
 from optimizer.config import ModelConfig, load_campaign
+from optimizer.trial.baseline import build_model, load_teacher
 from plugins.classification import load_image_folder
 
 

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from optimizer.technique import StageContext, TrialPruned
+from optimizer.plugin_api import StageContext, TrialPruned
 from plugins.classification import Classification
 from plugins.digits import load_digits_splits
 from plugins.distillation import KnowledgeDistillation, kd_loss

@@ -14,9 +14,9 @@ from campaign_helpers import STORAGE, write_campaign
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from optimizer.campaign.study import RESOLVED_PARAMS_ATTR
 from optimizer.cli import main
-from optimizer.study import RESOLVED_PARAMS_ATTR
-from optimizer.trial_log import LOG_TAIL_ATTR
+from optimizer.trial.log import LOG_TAIL_ATTR
 
 # timm formats traced sizes into assertion messages while the campaign exports the model.
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor to a Python number")

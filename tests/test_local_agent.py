@@ -12,7 +12,7 @@ from pathlib import Path
 DRIVER = """
 import sys, time
 from pathlib import Path
-from optimizer.local_agent import start_local_agent
+from optimizer.device.local_agent import start_local_agent
 process, url = start_local_agent(Path(sys.argv[1]), "--backend", "onnxruntime")
 print(process.pid, flush=True)
 time.sleep(120)

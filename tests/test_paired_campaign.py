@@ -16,13 +16,13 @@ from optuna.trial import TrialState
 from optuna_dashboard import get_note
 from rich.console import Console
 
-from optimizer.agent_client import Reference, sha256_file
-from optimizer.agent_pool import AgentPool
-from optimizer.campaign import Endpoint, prepare
+from optimizer.campaign.driver import Endpoint, prepare
+from optimizer.campaign.study import reference_drift, reference_jobs
 from optimizer.cli import main
 from optimizer.config import load_campaign
-from optimizer.pipeline import TrialOutcome, TrialRequest, run_trial, slower_than_best
-from optimizer.study import reference_drift, reference_jobs
+from optimizer.device.client import Reference, sha256_file
+from optimizer.device.pool import AgentPool
+from optimizer.trial.pipeline import TrialOutcome, TrialRequest, run_trial, slower_than_best
 
 
 @pytest.fixture()

@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from pip_target import pip_install
 from plugin_helpers import EXAMPLE, env_with, vitopt
 
+from optimizer.campaign.search_space import build_search_space
+from optimizer.campaign.study import RESOLVED_PARAMS_ATTR
 from optimizer.config import load_campaign
-from optimizer.plugin_manager import build_plugin_manager, collect_techniques
-from optimizer.search_space import build_search_space
-from optimizer.study import RESOLVED_PARAMS_ATTR
+from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
 
 LOWRANK_SPACE = {
     "lowrank.enabled": {"fixed": True},

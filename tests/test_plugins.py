@@ -23,9 +23,8 @@ from plugin_helpers import env_with, vitopt, write_plugin_package
 
 from optimizer.cli import main
 from optimizer.config import load_campaign
-from optimizer.hookspecs import hookimpl
-from optimizer.pipeline import TechniqueFailed, TrialRequest, apply_technique, run_trial
-from optimizer.plugin_manager import (
+from optimizer.plugin_api import OnnxArtifact, ParamSpec, StageContext, hookimpl
+from optimizer.plugin_host.manager import (
     PluginError,
     PluginSource,
     RegisteredTechnique,
@@ -35,7 +34,7 @@ from optimizer.plugin_manager import (
     survey,
 )
 from optimizer.plugin_testing import default_params, stage_context, tiny_vit
-from optimizer.technique import OnnxArtifact, ParamSpec, StageContext
+from optimizer.trial.pipeline import TechniqueFailed, TrialRequest, apply_technique, run_trial
 
 # --- throwaway plugins -----------------------------------------------------------------------
 
@@ -44,8 +43,8 @@ import nonexistent_module_for_vitopt_tests  # noqa: F401
 """
 
 BAD_SPEC = """
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import ParamSpec
 
 class BadSpec:
     name = "badspec"
@@ -61,8 +60,8 @@ def vitopt_register_techniques():
 """
 
 DUPLICATE = """
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import ParamSpec
 
 class Impostor:
     name = "torch_pruning"  # the built-in structural pruning's name
@@ -79,8 +78,8 @@ def vitopt_register_techniques():
 
 # Trial 1 raises, trial 2 returns None; the baseline (defaults) does nothing.
 FAULTY = """
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import ParamSpec
 
 class Faulty:
     name = "faulty"
@@ -105,8 +104,8 @@ MEDDLING = {
     "shrink": (
         """
 import torch
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import ParamSpec
 
 class Shrink:
     name = "shrink"
@@ -128,8 +127,8 @@ def vitopt_register_techniques():
     ),
     "relabel": (
         """
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import OnnxArtifact, ParamSpec
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import OnnxArtifact, ParamSpec
 
 class Relabel:
     name = "relabel"
@@ -149,7 +148,7 @@ def vitopt_register_techniques():
 }
 
 TASK_CLASH = """
-from optimizer.hookspecs import hookimpl
+from optimizer.plugin_api import hookimpl
 
 @hookimpl
 def vitopt_register_tasks():

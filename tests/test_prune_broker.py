@@ -7,7 +7,7 @@ import time
 import pytest
 import ray
 
-from optimizer.prune_broker import PruneBroker, RemoteShouldPrune
+from optimizer.campaign.prune_broker import PruneBroker, RemoteShouldPrune
 
 
 @ray.remote(num_cpus=0)

@@ -17,15 +17,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from optimizer.export import export_onnx
-from optimizer.model_stats import (
+from optimizer.plugin_api import StageContext, Technique
+from optimizer.plugin_api.model_stats import (
     count_macs,
     count_params,
     example_input,
     iter_batches,
     onnx_size_bytes,
 )
-from optimizer.technique import StageContext, Technique
+from optimizer.trial.export import export_onnx
 from plugins.digits import load_digits_splits
 from plugins.pruning import (
     METHODS,

@@ -17,9 +17,8 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from optimizer import hookspecs
-from optimizer.export import export_onnx
-from optimizer.technique import OnnxArtifact, ParamSpec, StageContext, Technique
+from optimizer.plugin_api import OnnxArtifact, ParamSpec, StageContext, Technique, hookspecs
+from optimizer.trial.export import export_onnx
 from plugins import quantization
 from plugins.digits import Splits, load_digits_splits
 from plugins.int8_nncf import QdqRecipe, signed_int8_quantizers

@@ -5,10 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from optimizer.campaign.search_space import SearchSpace, build_search_space, offered_choices
 from optimizer.config import CampaignError, ParamOverride
-from optimizer.plugin_manager import build_plugin_manager, collect_techniques
-from optimizer.search_space import SearchSpace, build_search_space, offered_choices
-from optimizer.technique import ParamSpec
+from optimizer.plugin_api import ParamSpec
+from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
 
 DECLARED = [
     ParamSpec("prune.method", "categorical", "none", choices=("none", "heads", "mlp")),

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from optimizer.baseline import build_model
 from optimizer.config import ModelConfig
-from optimizer.export import export_onnx
-from optimizer.model_stats import count_params
-from optimizer.technique import OnnxArtifact, StageContext
+from optimizer.plugin_api import OnnxArtifact, StageContext
+from optimizer.plugin_api.model_stats import count_params
+from optimizer.trial.baseline import build_model
+from optimizer.trial.export import export_onnx
 from plugins.distillation import KnowledgeDistillation, kd_loss
 from plugins.pruning import prune_vit
 from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, Int8Quantization

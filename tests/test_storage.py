@@ -23,9 +23,9 @@ from optuna.trial import TrialState
 from postgres_server import PostgresServer, free_port, postgres_fixture
 from sqlalchemy.exc import DataError, OperationalError, PendingRollbackError
 
+from optimizer.campaign.storage import StorageUnavailable, _RetryingStorage, open_storage
+from optimizer.campaign.study import load_existing_study
 from optimizer.config import Campaign
-from optimizer.storage import StorageUnavailable, _RetryingStorage, open_storage
-from optimizer.study import load_existing_study
 
 postgres = postgres_fixture()
 # Slack for the last attempt (a quarter of retry_s at most) and a busy 2-core machine.

@@ -9,10 +9,8 @@ import yaml
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from optimizer.campaign import CampaignFailed, check_device_type
-from optimizer.config import load_campaign
-from optimizer.pipeline import TrialOutcome
-from optimizer.study import (
+from optimizer.campaign.driver import CampaignFailed, check_device_type
+from optimizer.campaign.study import (
     artifact_store,
     best_feasible,
     open_study,
@@ -20,6 +18,8 @@ from optimizer.study import (
     reference_drift,
     reference_jobs,
 )
+from optimizer.config import load_campaign
+from optimizer.trial.pipeline import TrialOutcome
 
 REFERENCE_MS = 3.0  # the reference's latency in every job of these outcomes
 

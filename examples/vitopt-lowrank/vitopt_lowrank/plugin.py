@@ -25,8 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from optimizer.hookspecs import hookimpl
-from optimizer.technique import ParamSpec, StageContext
+from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
 
 ENABLED = "lowrank.enabled"
 RANK_RATIO = "lowrank.rank_ratio"

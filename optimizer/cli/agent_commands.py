@@ -12,9 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from jetson_agent import spec as agent_spec
-
-from .agent_client import AgentClient, AgentError, MeasurementFailed, Reference
-from .figures import speedup
+from optimizer.campaign.figures import speedup
+from optimizer.device.client import AgentClient, AgentError, MeasurementFailed, Reference
 
 TOKEN_ENV = "VITOPT_AGENT_TOKEN"
 

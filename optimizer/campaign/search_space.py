@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from .config import CampaignError, ParamOverride
-from .technique import ParamSpec, Technique
+from optimizer.config import CampaignError, ParamOverride
+from optimizer.plugin_api.technique import ParamSpec, Technique
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import optuna
 from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import Campaign
-from .figures import ms, pct, points, speedup
-from .study import BASELINE_ATTR, DEFAULT_METRIC, baseline_trial
-from .study_note import digest, drift_line
+from optimizer.campaign.figures import ms, pct, points, speedup
+from optimizer.campaign.note import digest, drift_line
+from optimizer.campaign.study import BASELINE_ATTR, DEFAULT_METRIC, baseline_trial
+from optimizer.config import Campaign
 
 PNG_FILES = {
     "scatter": "latency_accuracy.png",

@@ -26,24 +26,11 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .agent_client import Reference
-from .agent_pool import AgentLease, AgentPool, AgentPoolError, probe_agents
-from .baseline import check_timm_model, prepare_baseline
-from .config import Campaign
-from .executor import Executor, make_executor
-from .figures import speedup
-from .local_agent import AgentStartError, local_agent
-from .pipeline import (
-    DefaultsChangeTheModel,
-    TechniqueFailed,
-    TrialOutcome,
-    TrialRequest,
-    check_defaults,
-    load_splits,
-)
-from .plugin_manager import build_plugin_manager, collect_techniques, registered
-from .search_space import SearchSpace, build_search_space, offered_choices
-from .study import (
+from optimizer.campaign.executor import Executor, make_executor
+from optimizer.campaign.figures import speedup
+from optimizer.campaign.note import name_objectives, write_note
+from optimizer.campaign.search_space import SearchSpace, build_search_space, offered_choices
+from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
     BASELINE_ATTR,
     INFRA_ATTEMPT_ATTR,
@@ -62,7 +49,20 @@ from .study import (
     task_metric,
     trial_metric,
 )
-from .study_note import name_objectives, write_note
+from optimizer.config import Campaign
+from optimizer.device.client import Reference
+from optimizer.device.local_agent import AgentStartError, local_agent
+from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_agents
+from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques, registered
+from optimizer.trial.baseline import check_timm_model, prepare_baseline
+from optimizer.trial.pipeline import (
+    DefaultsChangeTheModel,
+    TechniqueFailed,
+    TrialOutcome,
+    TrialRequest,
+    check_defaults,
+    load_splits,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

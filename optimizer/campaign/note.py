@@ -18,9 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import Campaign
-from .figures import ms, pct, points, speedup
-from .study import (
+from optimizer.campaign.figures import ms, pct, points, speedup
+from optimizer.campaign.study import (
     DRIFT_LIMIT,
     INTERRUPTED_ATTR,
     RETRIED_ATTR,
@@ -31,6 +30,7 @@ from .study import (
     reference_jobs,
     trial_metric,
 )
+from optimizer.config import Campaign
 
 _log = logging.getLogger("vitopt.study_note")
 

@@ -32,7 +32,7 @@ class _LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jetson_agent.errors import INFRA_ERROR
-
-from .agent_client import (
+from optimizer.device.client import (
     AgentClient,
     AgentError,
     AgentRequestError,

@@ -24,21 +24,26 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from . import colocation
-from .agent_client import MeasurementFailed, Reference
-from .agent_pool import AgentLease, PooledMeasurement
-from .baseline import load_model, load_teacher
-from .config import Campaign
-from .export import export_onnx
-from .model_stats import count_macs, count_params, example_input, onnx_size_bytes
-from .plugin_manager import (
+from optimizer.config import Campaign
+from optimizer.device import colocation
+from optimizer.device.client import MeasurementFailed, Reference
+from optimizer.device.pool import AgentLease, PooledMeasurement
+from optimizer.plugin_api.model_stats import (
+    count_macs,
+    count_params,
+    example_input,
+    onnx_size_bytes,
+)
+from optimizer.plugin_api.technique import STAGES, OnnxArtifact, StageContext, TrialPruned
+from optimizer.plugin_host.manager import (
     RegisteredTechnique,
     build_plugin_manager,
     collect_techniques,
     registered,
 )
-from .technique import STAGES, OnnxArtifact, StageContext, TrialPruned
-from .trial_log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
+from optimizer.trial.baseline import load_model, load_teacher
+from optimizer.trial.export import export_onnx
+from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
 
 ShouldPrune = Callable[[int, float], bool]
 # Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
@@ -77,7 +82,7 @@ class TrialOutcome:
 
 @functools.cache
 def _splits(data_json: str, disable: tuple[str, ...]) -> Any:
-    from .config import DataConfig
+    from optimizer.config import DataConfig
 
     data = DataConfig.model_validate_json(data_json)
     manager = build_plugin_manager(disable)

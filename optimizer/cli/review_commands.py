@@ -13,10 +13,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import click
 from rich.console import Console
 
-from .campaign_commands import _campaign_arg, _load, _open_existing, _storage_option
-from .report import ReportError, write_report
-from .study import artifact_store, baseline_trial, trial_metric
-from .study_note import name_objectives, write_note
+from optimizer.campaign.note import name_objectives, write_note
+from optimizer.campaign.study import artifact_store, baseline_trial, trial_metric
+from optimizer.cli.campaign_commands import _campaign_arg, _load, _open_existing, _storage_option
+from optimizer.review.report import ReportError, write_report
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -13,9 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from .agent_client import AgentError
-from .agent_pool import AgentPool
-from .campaign import (
+from optimizer.campaign.driver import (
     CampaignFailed,
     CampaignInterrupted,
     agent_endpoint,
@@ -23,13 +21,11 @@ from .campaign import (
     prepare,
     run_campaign,
 )
-from .config import Campaign, CampaignError, load_campaign
-from .executor import ClusterUnavailable
-from .figures import speedup
-from .pipeline import TrialOutcome, TrialRequest, run_trial
-from .plugin_manager import PluginError
-from .storage import StorageUnavailable
-from .study import (
+from optimizer.campaign.executor import ClusterUnavailable
+from optimizer.campaign.figures import speedup
+from optimizer.campaign.note import drift_line
+from optimizer.campaign.storage import StorageUnavailable
+from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
     RESOLVED_PARAMS_ATTR,
     RETRIED_ATTR,
@@ -43,8 +39,12 @@ from .study import (
     reference_jobs,
     trial_metric,
 )
-from .study_note import drift_line
-from .trial_log import LOG_NAME, LOG_TAIL_ATTR
+from optimizer.config import Campaign, CampaignError, load_campaign
+from optimizer.device.client import AgentError
+from optimizer.device.pool import AgentPool
+from optimizer.plugin_host.manager import PluginError
+from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR
+from optimizer.trial.pipeline import TrialOutcome, TrialRequest, run_trial
 
 USER_ERRORS = (
     CampaignError,

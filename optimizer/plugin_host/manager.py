@@ -24,8 +24,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .technique import STAGES, ParamSpec, Technique
+from optimizer.plugin_api import hookspecs
+from optimizer.plugin_api.technique import STAGES, ParamSpec, Technique
 
 BUILTIN_PLUGINS = (
     "plugins.classification",
@@ -475,7 +475,7 @@ def registered(manager: pluggy.PluginManager, hook: str, name: str, key: str) ->
     entry). Two plugins registering one name is a PluginError naming both (as for techniques:
     neither silently wins); a name none registered is the campaign file's mistake, a
     CampaignError naming its ``key`` and the names there are."""
-    from .config import CampaignError
+    from optimizer.config import CampaignError
 
     known: dict[str, tuple[Any, PluginSource]] = {}
     for impl in getattr(manager.hook, hook).get_hookimpls():  # in registration order

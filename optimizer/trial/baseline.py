@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import Campaign, CampaignError, ModelConfig
-from .training import train_epochs, validation_metric
+from optimizer.config import Campaign, CampaignError, ModelConfig
+from optimizer.plugin_api.training import train_epochs, validation_metric
 
 
 def campaign_task(campaign: Campaign) -> Any:
     """The task object (``task.name``) the campaign's plugins register."""
-    from .plugin_manager import build_plugin_manager, registered
+    from optimizer.plugin_host.manager import build_plugin_manager, registered
 
     manager = build_plugin_manager(campaign.plugins.disable)
     return registered(manager, "vitopt_register_tasks", campaign.task.name, "task.name")

@@ -13,10 +13,10 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import Campaign
-from .pipeline import REFERENCE_JOBS_ATTR, TrialOutcome
-from .storage import open_storage, sqlite_file
-from .trial_log import LOG_NAME
+from optimizer.campaign.storage import open_storage, sqlite_file
+from optimizer.config import Campaign
+from optimizer.trial.log import LOG_NAME
+from optimizer.trial.pipeline import REFERENCE_JOBS_ATTR, TrialOutcome
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21

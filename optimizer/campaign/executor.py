@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .config import ExecutionConfig
-from .pipeline import ShouldPrune, TrialOutcome, TrialRequest, run_trial
-from .prune_broker import PruneBroker
+from optimizer.campaign.prune_broker import PruneBroker
+from optimizer.config import ExecutionConfig
+from optimizer.trial.pipeline import ShouldPrune, TrialOutcome, TrialRequest, run_trial
 
 T = TypeVar("T")
 TrialFn = Callable[[TrialRequest, ShouldPrune | None], TrialOutcome]
@@ -167,8 +167,7 @@ def _default_runtime_env(execution: ExecutionConfig) -> dict[str, Any] | None:
         return None
     import jetson_agent
     import optimizer
-
-    from .plugin_manager import builtin_package_dir
+    from optimizer.plugin_host.manager import builtin_package_dir
 
     return {"py_modules": [optimizer, builtin_package_dir(), jetson_agent]}
 

@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
-from .config import Campaign, CampaignError, ParamOverride, load_campaign
-from .plugin_manager import DISABLE_ENV, PluginStatus, Survey, disabled_names, survey
-from .technique import STAGES, ParamSpec
+from optimizer.config import Campaign, CampaignError, ParamOverride, load_campaign
+from optimizer.plugin_api.technique import STAGES, ParamSpec
+from optimizer.plugin_host.manager import DISABLE_ENV, PluginStatus, Survey, disabled_names, survey
 
 # ---------------------------------------------------------------------------------------------
 # vitopt plugins
@@ -319,7 +319,7 @@ def scaffold(name: str, stage: str, directory: Path) -> tuple[Path, list[Path]]:
         raise click.ClickException(f"the plugin name {names['name']!r} is taken: {taken}")
     values = {**names, "stage": stage, "vitopt_version": _vitopt_version()}
     tests = "onnx" if stage == "quantize" else "torch"
-    templates = importlib.resources.files("optimizer").joinpath(_TEMPLATES)
+    templates = importlib.resources.files(__package__).joinpath(_TEMPLATES)
     written: list[Path] = []
     for template, target in _FILES.items():
         source = templates.joinpath(template.format(stage=stage, tests=tests))

@@ -734,7 +734,8 @@ def rebuild_cut_models(
     from optimizer.campaign.driver import agent_endpoint, baseline_reference, prepare
     from optimizer.device.client import Reference
     from optimizer.device.pool import AgentPool
-    from optimizer.trial.pipeline import TrialRequest, run_trial
+    from optimizer.trial.outcome import TrialRequest
+    from optimizer.trial.pipeline import run_trial
 
     console = Console(stderr=True, quiet=True)
     models: dict[int, Path] = {}

@@ -54,8 +54,8 @@ from optimizer.campaign.search_space import build_search_space, offered_choices
 from optimizer.campaign.study import BASELINE_ATTR, counted_trials, open_study
 from optimizer.config import Campaign
 from optimizer.device.pool import AgentPool
-from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
-from optimizer.trial.pipeline import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.plugin_host.registry import plugin_registry
+from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
 
 MAX_ACCURACY_DROP = 0.5
 BASELINE_LATENCY_MS = 10.0
@@ -176,9 +176,9 @@ def dummy_checkpoint(folder: Path) -> Path:
 def bench_setup(campaign: Campaign, checkpoint: Path) -> Setup:
     """What ``prepare`` builds, minus the agents and the baseline training: the built-in
     plugins' declared space, narrowed to a device that runs fp32 and int8."""
-    manager = build_plugin_manager(campaign.plugins.disable)
-    techniques = [t.technique for t in collect_techniques(manager)]
-    declared = [s for t in techniques for s in t.search_space()]
+    registry = plugin_registry(campaign.plugins.disable)
+    techniques = [entry.technique for entry in registry.techniques]
+    declared = registry.declared()
     device_info = {"precisions": DEVICE_PRECISIONS}
     offered = offered_choices(techniques, device_info)
     space = build_search_space(declared, campaign.search.space, offered, "bench")
@@ -191,7 +191,7 @@ def bench_setup(campaign: Campaign, checkpoint: Path) -> Setup:
         device_info=device_info,
         space=space,
         checkpoint=checkpoint,
-        manager=manager,
+        registry=registry,
         quiet_lock=None,
     )
 

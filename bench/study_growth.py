@@ -49,7 +49,7 @@ from optimizer.campaign.driver import Setup, drive
 from optimizer.campaign.executor import TrialFn, make_executor
 from optimizer.campaign.study import counted_trials, open_study
 from optimizer.device.pool import AgentPool
-from optimizer.trial.pipeline import ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.trial.outcome import ShouldPrune, TrialOutcome, TrialRequest
 
 
 def windows(trials: int) -> list[tuple[int, int]]:

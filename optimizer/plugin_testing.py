@@ -1,26 +1,41 @@
-"""Helpers for a plugin's own tests: the technique as a campaign would find it, a tiny timm ViT,
-a :class:`StageContext` on random data and a small ONNX artifact.
+"""A plugin's own tests: the conformance checks of the plugin contract, and the helpers they
+are built from (the technique as a campaign would find it, a tiny timm ViT, a
+:class:`StageContext` on random data, a small ONNX artifact).
+
+The checks are what a campaign relies on, run on the installed plugin as a campaign finds it
+(like Optuna's ``optuna.testing`` suite for third-party storages): :func:`check_technique`
+(at its defaults it leaves a model unchanged, other settings return the right type and
+export), :func:`check_data_source` (the splits a campaign needs) and :func:`check_task` (its
+loss, metrics and model on a data source's splits, through an exported ONNX file). Each raises
+``AssertionError`` saying what broke. ``vitopt plugin new`` generates tests that call them::
+
+    from optimizer.plugin_testing import check_technique
+
+    def test_keeps_the_technique_contract(tmp_path):
+        check_technique("lowrank", tmp_path, {"lowrank.enabled": True})
 
 Public and kept stable like the plugin API (functions gain keyword arguments, never lose them).
-``vitopt plugin new`` generates a ``tests/test_plugin.py`` that uses them::
-
-    from optimizer.plugin_testing import default_params, find_technique, stage_context, tiny_vit
-
-    def test_defaults_do_nothing(tmp_path):
-        technique = find_technique("lowrank")
-        model = tiny_vit()
-        assert technique.apply(model, default_params(technique), stage_context(tmp_path)) is model
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from optimizer.plugin_api import OnnxArtifact, StageContext, Technique
-from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques, registered
+from optimizer.config import DataConfig, ModelConfig
+from optimizer.plugin_api import (
+    SCORE,
+    DataSource,
+    OnnxArtifact,
+    Splits,
+    StageContext,
+    Task,
+    Technique,
+)
+from optimizer.plugin_host.checks import RegisteredTechnique
+from optimizer.plugin_host.registry import plugin_registry
 
 #: The model of the tests' tiny campaign: 16 px inputs, patch 4, 2 blocks of 4 heads, width 64.
 TINY_VIT = {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4}
@@ -31,15 +46,17 @@ NUM_CLASSES = 10
 def find_technique(name: str, disable: Iterable[str] = ()) -> Technique:
     """The technique called ``name`` among the installed plugins, found and checked exactly as
     ``vitopt run`` does (so this fails when the plugin is not installed, or is broken)."""
-    techniques = {
-        r.technique.name: r.technique for r in collect_techniques(build_plugin_manager(disable))
-    }
-    if name not in techniques:
+    return _registered(name, disable).technique
+
+
+def _registered(name: str, disable: Iterable[str] = ()) -> RegisteredTechnique:
+    entries = {entry.technique.name: entry for entry in plugin_registry(disable).techniques}
+    if name not in entries:
         raise LookupError(
-            f"no installed technique {name!r} (installed: {', '.join(sorted(techniques))}); "
+            f"no installed technique {name!r} (installed: {', '.join(sorted(entries))}); "
             "is the plugin installed (pip install -e .)?"
         )
-    return techniques[name]
+    return entries[name]
 
 
 def default_params(*techniques: Technique) -> dict[str, Any]:
@@ -83,20 +100,19 @@ def stage_context(
     *,
     image_size: int = IMAGE_SIZE,
     num_classes: int = NUM_CLASSES,
+    teacher: Any = None,
     **fields: Any,
 ) -> StageContext:
-    """A :class:`StageContext` like the pipeline's, on random data: the classification task, no
-    teacher, an onnxruntime CPU device, trial 1. ``fields`` replace any of its fields
-    (``teacher=``, ``device_info=``, ``report=`` ...)."""
+    """A :class:`StageContext` like the pipeline's, on random data: the classification task,
+    ``teacher`` as the teacher (none by default), an onnxruntime CPU device, trial 1. ``fields``
+    replace any of its fields (``device_info=``, ``report=``, ``task=`` ...)."""
     values: dict[str, Any] = {
         "input_shape": (1, 3, image_size, image_size),
         "num_classes": num_classes,
         "train_loader": random_loader(image_size=image_size, num_classes=num_classes),
         "val_loader": random_loader(image_size=image_size, num_classes=num_classes, seed=1),
-        "task": registered(
-            build_plugin_manager(), "vitopt_register_tasks", "classification", "task.name"
-        ),
-        "teacher": None,
+        "task": plugin_registry().task("classification"),
+        "load_teacher": lambda: teacher,
         "device_info": {
             "device": "test host",
             "device_type": "cpu",
@@ -123,3 +139,146 @@ def tiny_onnx(work_dir: Path, model: Any = None, image_size: int = IMAGE_SIZE) -
     model = tiny_vit(image_size=image_size) if model is None else model
     example = torch.randn(1, 3, image_size, image_size)
     return OnnxArtifact(export_onnx(model, example, Path(work_dir) / "model.onnx"))
+
+
+def check_technique(
+    name: str,
+    work_dir: Path,
+    *settings: Mapping[str, Any],
+    context: StageContext | None = None,
+    model: Any = None,
+) -> None:
+    """The technique ``name`` keeps the contract a campaign relies on, on ``model`` (default
+    :func:`tiny_vit`) in ``context`` (default :func:`stage_context`):
+
+    - it is installed and valid (found as ``vitopt run`` finds it);
+    - at its declared defaults it leaves the model unchanged: the same weights and
+      architecture (prune, train), the same ONNX bytes and precision (quantize). The campaign
+      refuses to start otherwise, since its baseline runs every technique at its defaults;
+    - at each of ``settings`` (parameters over the defaults, e.g. ``{"lowrank.enabled": True}``)
+      it returns the type its stage must (a module, or an :class:`OnnxArtifact`) and the result
+      exports to ONNX that onnx checks and onnxruntime runs.
+    """
+    from optimizer.trial.stages import (
+        DefaultsChangeTheModel,
+        TechniqueFailed,
+        check_leaves_unchanged,
+    )
+
+    entry = _registered(name)
+    work_dir = Path(work_dir)
+    ctx = context if context is not None else stage_context(work_dir)
+    model = tiny_vit() if model is None else model
+    defaults = default_params(*(e.technique for e in plugin_registry().techniques))
+    try:
+        folder = work_dir / "defaults"
+        folder.mkdir(parents=True, exist_ok=True)
+        check_leaves_unchanged([entry], model, defaults, ctx, folder, "the test model")
+        for index, setting in enumerate(settings):
+            folder = work_dir / f"setting{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            _check_setting(entry, model, {**defaults, **setting}, ctx, folder)
+    except (DefaultsChangeTheModel, TechniqueFailed) as exc:
+        raise AssertionError(str(exc)) from exc
+
+
+def _check_setting(
+    entry: RegisteredTechnique, model: Any, params: dict[str, Any], ctx: StageContext, work: Path
+) -> None:
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from optimizer.trial.export import export_onnx
+    from optimizer.trial.stages import apply_technique
+
+    example = torch.randn(*ctx.input_shape)
+    if entry.technique.stage == "quantize":
+        subject = OnnxArtifact(export_onnx(model, example, work / "input.onnx"))
+        result = apply_technique(entry, subject, params, ctx)
+    else:
+        module = apply_technique(entry, model, params, ctx).eval()
+        result = OnnxArtifact(export_onnx(module, example, work / "result.onnx"))
+    onnx.checker.check_model(str(result.path))
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    (output, *_) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    assert output.shape[0] == 1, f"{entry.technique.name}: the export lost its batch of 1"
+
+
+def check_data_source(name: str, **data: Any) -> Splits:
+    """The data source ``name`` gives what a campaign needs for ``data`` (the campaign's
+    ``data`` section, e.g. ``path=``, ``image_size=``): it accepts the section, its three splits
+    are non-empty datasets of ``(input, label)`` whose inputs have ``input_shape``, and loading
+    again gives the same splits. Returns them."""
+    import torch
+
+    section = DataConfig(source=name, **data)
+    source: DataSource = plugin_registry().data_source(name)
+    source.check(section)
+    splits = source.load(section)
+    assert isinstance(splits, Splits), f"{name}.load returned {type(splits).__name__}, not Splits"
+    assert splits.num_classes >= 1, f"{name}: num_classes is {splits.num_classes}"
+    for part in ("train", "val", "test"):
+        dataset = getattr(splits, part)
+        assert len(dataset) > 0, f"{name}: the {part} split is empty"
+        inputs, _ = dataset[0]
+        assert tuple(inputs.shape) == tuple(splits.input_shape), (
+            f"{name}: {part} inputs are {tuple(inputs.shape)}, input_shape says "
+            f"{tuple(splits.input_shape)}"
+        )
+    again = source.load(section)
+    for part in ("train", "val", "test"):
+        first, second = getattr(splits, part), getattr(again, part)
+        assert len(first) == len(second) and torch.equal(first[0][0], second[0][0]), (
+            f"{name}: loading twice gives different {part} splits"
+        )
+    return splits
+
+
+def check_task(
+    name: str,
+    source: str,
+    work_dir: Path,
+    model: Mapping[str, Any] | None = None,
+    **data: Any,
+) -> float:
+    """The task ``name`` works end to end on the data source ``source`` (loaded with ``data``)
+    as a campaign uses it: it accepts the ``model`` section (default: a tiny timm ViT) and
+    builds a module, its loss on a batch is a scalar that trains (gradients reach the weights),
+    its torch metric is a number, and its ONNX score (``evaluate_onnx_metrics``, on a few test
+    images through onnxruntime) is a number equal to ``evaluate_onnx``. Returns the score."""
+    import math
+
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from optimizer.trial.export import export_onnx
+
+    task: Task = plugin_registry().task(name)
+    splits = check_data_source(source, **data)
+    config = ModelConfig(**(model or {"name": "vit_tiny_patch16_224", "kwargs": dict(TINY_VIT)}))
+    task.check_model(config)
+    image_size = splits.input_shape[-1]
+    net = task.build_model(config, splits.num_classes, image_size)
+    assert isinstance(net, torch.nn.Module), f"{name}.build_model returned {type(net).__name__}"
+    inputs, labels = next(iter(DataLoader(splits.train, batch_size=4)))
+    loss = task.loss(net(inputs), labels)
+    assert loss.dim() == 0, f"{name}.loss is not a scalar: shape {tuple(loss.shape)}"
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()), (
+        f"{name}.loss does not reach the model's weights"
+    )
+    net.eval()
+    few = Subset(splits.test, range(min(8, len(splits.test))))
+    metric = task.torch_metric(net, DataLoader(few, batch_size=4))
+    assert math.isfinite(float(metric)), f"{name}.torch_metric is {metric!r}"
+    path = export_onnx(net, inputs[:1], Path(work_dir) / f"{name}.onnx")
+    metrics = dict(task.evaluate_onnx_metrics(path, few))
+    assert SCORE in metrics, f"{name}.evaluate_onnx_metrics has no {SCORE!r} key"
+    score = float(metrics[SCORE])
+    assert math.isfinite(score), f"{name}: the ONNX score is {score!r}"
+    assert float(task.evaluate_onnx(path, few)) == score, (
+        f"{name}: evaluate_onnx and evaluate_onnx_metrics disagree"
+    )
+    assert isinstance(task.metric_name, str) and task.metric_name, f"{name}: no metric_name"
+    return score

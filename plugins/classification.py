@@ -9,15 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import DataSourceBase, Splits, TaskBase, hookimpl
 
-from .digits import Splits, load_digits_splits
+from .digits import load_digits_splits
 
 
-class Classification:
-    """Top-1 accuracy, measured on the deployable ONNX file through onnxruntime."""
-
-    name = "classification"
+class Classification(TaskBase):
+    """Cross-entropy; top-1 accuracy, measured on the deployable ONNX file through onnxruntime
+    (a timm model named by ``model.name``, top-1 on torch models: :class:`TaskBase`'s)."""
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,12 +68,20 @@ def load_image_folder(path: Path, image_size: int, seed: int, val_fraction: floa
     )
 
 
-def _digits(data: Any) -> Splits:
-    return load_digits_splits(data.image_size, data.val_fraction, data.test_fraction, data.seed)
+class Digits(DataSourceBase):
+    """scikit-learn's 8x8 digits, upscaled (offline: the data ships with scikit-learn)."""
+
+    def load(self, data: Any) -> Splits:
+        return load_digits_splits(data.image_size, data.val_fraction, data.test_fraction, data.seed)
 
 
-def _image_folder(data: Any) -> Splits:
-    return load_image_folder(Path(data.path), data.image_size, data.seed, data.val_fraction)
+class ImageFolder(DataSourceBase):
+    """Images on disk, one folder per class (:func:`load_image_folder`)."""
+
+    path_holds = "a folder with train/ and val/"
+
+    def load(self, data: Any) -> Splits:
+        return load_image_folder(Path(data.path), data.image_size, data.seed, data.val_fraction)
 
 
 @hookimpl
@@ -84,4 +91,4 @@ def vitopt_register_tasks() -> dict[str, Any]:
 
 @hookimpl
 def vitopt_register_datasets() -> dict[str, Any]:
-    return {"digits": _digits, "imagefolder": _image_folder}
+    return {"digits": Digits(), "imagefolder": ImageFolder()}

@@ -3,23 +3,14 @@ upsampled to the campaign's resolution and given three channels so any timm ViT 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from optimizer.plugin_api import Splits
+
 NUM_CLASSES = 10
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
 
 
 def load_digits_splits(

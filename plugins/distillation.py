@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
-from optimizer.plugin_api.training import train_epochs, validation_metric
+from optimizer.plugin_api.training import train_epochs
 
 _ENABLED = {"distill.enabled": [True]}
 
@@ -90,7 +90,7 @@ class KnowledgeDistillation:
             return kd_loss(logits, teacher_logits, labels, temperature, alpha)
 
         def report(epoch: int, _loss: float) -> None:
-            ctx.report(epoch, validation_metric(ctx.task, model, ctx.val_loader))
+            ctx.report(epoch, ctx.task.torch_metric(model, ctx.val_loader))
 
         train_epochs(
             model,

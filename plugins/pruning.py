@@ -376,11 +376,11 @@ class TorchPruning:
         """Return a pruned **copy** of ``subject`` (the caller's model is left intact, so a
         baseline or teacher held elsewhere is unaffected); ``prune.method="none"`` returns
         ``subject`` itself."""
-        method = params.get("prune.method", "heads+mlp")
+        method = params["prune.method"]
         if method == "none":
             return subject
-        ratio = float(params.get("prune.ratio", 0.3))
-        importance = params.get("prune.importance", "magnitude")
+        ratio = float(params["prune.ratio"])
+        importance = params["prune.importance"]
         if not isinstance(subject, nn.Module):
             raise PruningUnsupported(
                 f"{type(subject).__name__}: the prune stage takes a torch nn.Module"

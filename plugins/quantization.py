@@ -112,14 +112,14 @@ class Int8Quantization:
     def apply(
         self, subject: OnnxArtifact, params: Mapping[str, Any], ctx: StageContext
     ) -> OnnxArtifact:
-        precision = params.get(PRECISION_PARAM, "fp32")
+        precision = params[PRECISION_PARAM]
         if precision == "fp32":
             return subject
         if precision == "fp16":
             return OnnxArtifact(subject.path, "fp16")
         if precision != "int8":
             raise ValueError(f"{PRECISION_PARAM}: unknown precision {precision!r}")
-        method = params.get(METHOD_PARAM, next(iter(self.recipes)))
+        method = params[METHOD_PARAM]
         recipe = self.recipes.get(method)
         if recipe is None:
             raise ValueError(

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import SCORE, DataSourceBase, Splits, TaskBase, hookimpl
 
-from .digits import Splits
 from .segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from .uav_data import load_synthetic_splits, load_uav_folder
 
@@ -130,10 +129,9 @@ def build_segmentation_model(
     return SegmentationViT(backbone, num_classes, head_width, image_size)
 
 
-class Segmentation:
+class Segmentation(TaskBase):
     """Per-pixel cross-entropy (255 ignored); mIoU on the deployable ONNX file."""
 
-    name = "segmentation"
     metric_name = "mIoU"
     ignore_index = IGNORE_INDEX
 
@@ -165,7 +163,7 @@ class Segmentation:
 
     @staticmethod
     def evaluate_onnx_metrics(path: Path, dataset: Any, threads: int = 1) -> dict[str, Any]:
-        """``score`` (mIoU), ``miou``, ``pixel_accuracy`` and ``per_class_iou`` of the ONNX
+        """The score (mIoU), ``miou``, ``pixel_accuracy`` and ``per_class_iou`` of the ONNX
         model at ``path`` on ``dataset``, one image at a time (static batch of 1)."""
         import onnxruntime as ort
 
@@ -180,23 +178,31 @@ class Segmentation:
             counts = confusion_matrix(logits[0].argmax(axis=0), np.asarray(label), logits.shape[1])
             matrix = counts if matrix is None else matrix + counts
         if matrix is None:
-            return {"score": 0.0, "miou": 0.0, "pixel_accuracy": 0.0, "per_class_iou": []}
+            return {SCORE: 0.0, "miou": 0.0, "pixel_accuracy": 0.0, "per_class_iou": []}
         metrics = segmentation_metrics(matrix)
-        return {"score": metrics["miou"], **metrics}
+        return {SCORE: metrics["miou"], **metrics}
 
     def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:
         """mIoU of the ONNX model at ``path`` on ``dataset``."""
-        return float(self.evaluate_onnx_metrics(path, dataset, threads)["score"])
+        return float(self.evaluate_onnx_metrics(path, dataset, threads)[SCORE])
 
 
-def _synthetic(data: Any) -> Splits:
-    return load_synthetic_splits(data.image_size, data.val_fraction, data.test_fraction, data.seed)
+class UavSynthetic(DataSourceBase):
+    """Synthetic UAV scenes, generated offline (:func:`~plugins.uav_data.synthetic_scene`)."""
+
+    def load(self, data: Any) -> Splits:
+        return load_synthetic_splits(
+            data.image_size, data.val_fraction, data.test_fraction, data.seed
+        )
 
 
-def _uav_folder(data: Any) -> Splits:
-    if data.path is None:
-        raise ValueError("source uav_folder needs data.path (a folder with IMG/ and GT/)")
-    return load_uav_folder(Path(data.path), data.image_size, data.seed)
+class UavFolder(DataSourceBase):
+    """A UAV scene-parsing dataset on disk (:func:`~plugins.uav_data.load_uav_folder`)."""
+
+    path_holds = "a folder with IMG/ and GT/"
+
+    def load(self, data: Any) -> Splits:
+        return load_uav_folder(Path(data.path), data.image_size, data.seed)
 
 
 @hookimpl
@@ -206,4 +212,4 @@ def vitopt_register_tasks() -> dict[str, Any]:
 
 @hookimpl
 def vitopt_register_datasets() -> dict[str, Any]:
-    return {"uav_synthetic": _synthetic, "uav_folder": _uav_folder}
+    return {"uav_synthetic": UavSynthetic(), "uav_folder": UavFolder()}

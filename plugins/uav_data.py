@@ -1,7 +1,7 @@
 """Segmentation data for UAV scene parsing: synthetic aerial scenes (offline, exact masks) and a
 loader for the LPCV 2023 UAV folder layout.
 
-Both return the same :class:`~plugins.digits.Splits` as the classification sources, with
+Both return the same :class:`~optimizer.plugin_api.Splits` as the classification sources, with
 ``(image, mask)`` samples: ``image`` a float ``(3, H, W)`` tensor scaled to about [-1, 1],
 ``mask`` a long ``(H, W)`` tensor of class indices, 255 where a pixel is ignored.
 """
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .digits import Splits
+from optimizer.plugin_api import Splits
+
 from .segmentation_metrics import IGNORE_INDEX
 
 #: The synthetic scenes' classes, in label order.

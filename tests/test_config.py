@@ -55,7 +55,6 @@ def _with(**sections: object) -> dict:
             _with(search__sampler="grid"),
             "search.sampler: Input should be 'tpe', 'random' or 'nsga2'",
         ),
-        (_with(data__source="imagefolder"), "data: source imagefolder needs a path"),
         (_with(data__image_size="big"), "data.image_size: Input should be a valid integer"),
         (
             _with(data__calibration_method="entropy"),

@@ -10,7 +10,8 @@ import yaml
 from PIL import Image
 
 from optimizer.config import ModelConfig, load_campaign
-from optimizer.trial.baseline import build_model, load_teacher
+from optimizer.plugin_api import TaskBase
+from optimizer.trial.baseline import load_teacher
 from plugins.classification import load_image_folder
 
 
@@ -54,12 +55,13 @@ def test_a_named_teacher_is_loaded_from_its_checkpoint(tmp_path: Path) -> None:
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     campaign = load_campaign(tmp_path / "c.yaml")
-    reference = build_model(
+    reference = TaskBase().build_model(
         ModelConfig(name="deit_tiny_patch16_224", kwargs={"patch_size": 4, "depth": 2}), 10, 16
     )
     torch.save(reference.state_dict(), tmp_path / "teacher.pt")
-    baseline = build_model(campaign.model, 10, 16)
-    teacher = load_teacher(campaign, 10, baseline)
+    baseline = TaskBase().build_model(campaign.model, 10, 16)
+    torch.save(baseline.state_dict(), tmp_path / "baseline.pt")
+    teacher = load_teacher(campaign, 10, tmp_path / "baseline.pt")
     assert len(teacher.blocks) == 2
     assert all(
         torch.equal(a, b)
@@ -68,5 +70,9 @@ def test_a_named_teacher_is_loaded_from_its_checkpoint(tmp_path: Path) -> None:
     default = load_campaign(tmp_path / "c.yaml").model_copy(
         update={"teacher": campaign.teacher.model_copy(update={"name": None, "checkpoint": None})}
     )
-    copied = load_teacher(default, 10, baseline)
+    copied = load_teacher(default, 10, tmp_path / "baseline.pt")
     assert copied is not baseline and len(copied.blocks) == 1
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(copied.state_dict().values(), baseline.state_dict().values(), strict=True)
+    )

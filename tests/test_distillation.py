@@ -39,7 +39,7 @@ def _context(tmp_path: Path, teacher: torch.nn.Module | None, reports: list) -> 
         ),
         val_loader=DataLoader(Subset(splits.val, range(128)), batch_size=128),
         task=Classification(),
-        teacher=teacher,
+        load_teacher=lambda: teacher,
         device_info={},
         work_dir=tmp_path,
         seed=0,

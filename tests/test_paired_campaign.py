@@ -22,7 +22,8 @@ from optimizer.cli import main
 from optimizer.config import load_campaign
 from optimizer.device.client import Reference, sha256_file
 from optimizer.device.pool import AgentPool
-from optimizer.trial.pipeline import TrialOutcome, TrialRequest, run_trial, slower_than_best
+from optimizer.trial.outcome import TrialOutcome, TrialRequest
+from optimizer.trial.pipeline import run_trial, slower_than_best
 
 
 @pytest.fixture()

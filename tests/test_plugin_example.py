@@ -20,7 +20,8 @@ from plugin_helpers import EXAMPLE, env_with, vitopt
 from optimizer.campaign.search_space import build_search_space
 from optimizer.campaign.study import RESOLVED_PARAMS_ATTR
 from optimizer.config import load_campaign
-from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
+from optimizer.plugin_host.checks import collect_techniques
+from optimizer.plugin_host.manager import build_plugin_manager
 
 LOWRANK_SPACE = {
     "lowrank.enabled": {"fixed": True},

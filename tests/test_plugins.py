@@ -24,17 +24,18 @@ from plugin_helpers import env_with, vitopt, write_plugin_package
 from optimizer.cli import main
 from optimizer.config import load_campaign
 from optimizer.plugin_api import OnnxArtifact, ParamSpec, StageContext, hookimpl
+from optimizer.plugin_host.checks import RegisteredTechnique, collect_techniques
 from optimizer.plugin_host.manager import (
     PluginError,
     PluginSource,
-    RegisteredTechnique,
     VitoptPluginManager,
     build_plugin_manager,
-    collect_techniques,
-    survey,
 )
+from optimizer.plugin_host.survey import survey
 from optimizer.plugin_testing import default_params, stage_context, tiny_vit
-from optimizer.trial.pipeline import TechniqueFailed, TrialRequest, apply_technique, run_trial
+from optimizer.trial.outcome import TrialRequest
+from optimizer.trial.pipeline import run_trial
+from optimizer.trial.stages import TechniqueFailed, apply_technique
 
 # --- throwaway plugins -----------------------------------------------------------------------
 
@@ -142,8 +143,8 @@ class Relabel:
 def vitopt_register_techniques():
     return [Relabel()]
 """,
-        "technique 'relabel' (vitopt-relabel 0.1.0) changes the baseline's ONNX graph at its "
-        "defaults (relabel.half=True)",
+        "technique 'relabel' (vitopt-relabel 0.1.0) changes the ONNX graph of the baseline model "
+        "at its defaults (relabel.half=True)",
     ),
 }
 

@@ -70,7 +70,6 @@ def make_ctx(tmp_path: Path, train_loader: object = ()) -> StageContext:
         train_loader=train_loader,
         val_loader=(),
         task=None,
-        teacher=None,
         device_info={},
         work_dir=tmp_path,
         seed=0,

@@ -51,7 +51,6 @@ def make_ctx(
         train_loader=loader,
         val_loader=(),
         task=None,
-        teacher=None,
         device_info=device_info or {},
         work_dir=work_dir,
         seed=0,

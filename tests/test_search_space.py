@@ -8,7 +8,8 @@ import pytest
 from optimizer.campaign.search_space import SearchSpace, build_search_space, offered_choices
 from optimizer.config import CampaignError, ParamOverride
 from optimizer.plugin_api import ParamSpec
-from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques
+from optimizer.plugin_host.checks import collect_techniques
+from optimizer.plugin_host.manager import build_plugin_manager
 
 DECLARED = [
     ParamSpec("prune.method", "categorical", "none", choices=("none", "heads", "mlp")),

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Subset
 from optimizer.config import ModelConfig
 from optimizer.plugin_api import OnnxArtifact, StageContext
 from optimizer.plugin_api.model_stats import count_params
-from optimizer.trial.baseline import build_model
 from optimizer.trial.export import export_onnx
 from plugins.distillation import KnowledgeDistillation, kd_loss
 from plugins.pruning import prune_vit
@@ -145,7 +144,7 @@ def test_a_missing_label_is_named(tmp_path: Path) -> None:
 def _model(num_classes: int = 6, size: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelConfig(name="vit_tiny_patch16_224", kwargs=SMALL)
-    return build_model(config, num_classes, size, Segmentation()).eval()
+    return Segmentation().build_model(config, num_classes, size).eval()
 
 
 def test_levels_are_evenly_spaced() -> None:
@@ -210,7 +209,7 @@ def _context(tmp_path: Path, teacher: torch.nn.Module | None, reports: list) -> 
         train_loader=DataLoader(Subset(splits.train, range(64)), batch_size=16),
         val_loader=DataLoader(Subset(splits.val, range(16)), batch_size=16),
         task=Segmentation(),
-        teacher=teacher,
+        load_teacher=lambda: teacher,
         device_info={},
         work_dir=tmp_path,
         seed=0,

@@ -19,7 +19,7 @@ from optimizer.campaign.study import (
     reference_jobs,
 )
 from optimizer.config import load_campaign
-from optimizer.trial.pipeline import TrialOutcome
+from optimizer.trial.outcome import TrialOutcome
 
 REFERENCE_MS = 3.0  # the reference's latency in every job of these outcomes
 

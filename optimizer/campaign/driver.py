@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pluggy
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,23 +45,17 @@ from optimizer.campaign.study import (
     record,
     reference_drift,
     reference_jobs,
-    task_metric,
     trial_metric,
 )
-from optimizer.config import Campaign
+from optimizer.config import Campaign, CampaignError
 from optimizer.device.client import Reference
 from optimizer.device.local_agent import AgentStartError, local_agent
 from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_agents
-from optimizer.plugin_host.manager import build_plugin_manager, collect_techniques, registered
-from optimizer.trial.baseline import check_timm_model, prepare_baseline
-from optimizer.trial.pipeline import (
-    DefaultsChangeTheModel,
-    TechniqueFailed,
-    TrialOutcome,
-    TrialRequest,
-    check_defaults,
-    load_splits,
-)
+from optimizer.plugin_host.registry import Registry, plugin_registry
+from optimizer.trial.baseline import prepare_baseline
+from optimizer.trial.outcome import TrialOutcome, TrialRequest
+from optimizer.trial.pipeline import check_defaults, load_splits
+from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -85,7 +78,7 @@ class Setup:
     device_info: dict[str, Any]
     space: SearchSpace
     checkpoint: Path
-    manager: pluggy.PluginManager
+    registry: Registry
     quiet_lock: Path | None  # the embedded agent's measurement lock (None: remote agents)
 
     def pool_args(self) -> tuple[Any, ...]:
@@ -153,20 +146,26 @@ def baseline_reference(campaign: Campaign, base: optuna.trial.FrozenTrial) -> Re
     return Reference(path, base.user_attrs.get("precision", "fp32"))
 
 
-def preflight(campaign: Campaign) -> None:
-    """What the campaign file names that only the enabled plugins and timm know: the plugins'
-    techniques (PluginError for a broken one), its data source, its task and (unless the task
-    builds its own) its timm model (CampaignError naming the key)."""
+def preflight(campaign: Campaign) -> Registry:
+    """What the campaign file names that only the enabled plugins know, checked by them: the
+    plugins themselves (PluginError for a broken one), its data source and the ``data`` settings
+    that source needs, its task and the ``model`` it can build (CampaignError naming the key)."""
 
     def key(name: str) -> str:  # as load_campaign names them: FILE: KEY
         return f"{campaign.source}: {name}" if campaign.source else name
 
-    manager = build_plugin_manager(campaign.plugins.disable)
-    collect_techniques(manager)
-    registered(manager, "vitopt_register_datasets", campaign.data.source, key("data.source"))
-    task = registered(manager, "vitopt_register_tasks", campaign.task.name, key("task.name"))
-    if getattr(task, "build_model", None) is None:
-        check_timm_model(campaign.model.name, key("model.name"))
+    registry = plugin_registry(campaign.plugins.disable)
+    source = registry.data_source(campaign.data.source, key("data.source"))
+    task = registry.task(campaign.task.name, key("task.name"))
+    try:
+        source.check(campaign.data)
+    except ValueError as exc:
+        raise CampaignError(f"{key('data.source')}: {campaign.data.source} {exc}") from exc
+    try:
+        task.check_model(campaign.model)
+    except ValueError as exc:
+        raise CampaignError(f"{key('model.name')}: {exc}") from exc
+    return registry
 
 
 def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
@@ -179,10 +178,9 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     for note in plan.notes:
         console.print(f"[yellow]agents:[/] {note}")
     info = next(iter(plan.infos.values()))
-    manager = build_plugin_manager(campaign.plugins.disable)
-    techniques = collect_techniques(manager)
-    declared = [spec for t in techniques for spec in t.technique.search_space()]
-    offered = offered_choices([t.technique for t in techniques], info)
+    registry = preflight(campaign)
+    declared = registry.declared()
+    offered = offered_choices([entry.technique for entry in registry.techniques], info)
     space = build_search_space(
         declared, campaign.search.space, offered, str(campaign.source or "campaign")
     )
@@ -208,9 +206,7 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         console.print(f"baseline trained and cached at {checkpoint}")
     with tempfile.TemporaryDirectory(prefix="vitopt-defaults-") as work:
         try:
-            check_defaults(
-                campaign, manager, techniques, checkpoint, info, dict(space.baseline), Path(work)
-            )
+            check_defaults(campaign, registry, checkpoint, info, dict(space.baseline), Path(work))
         except (DefaultsChangeTheModel, TechniqueFailed) as exc:
             raise CampaignFailed(str(exc)) from exc
     return Setup(
@@ -222,7 +218,7 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         device_info=info,
         space=space,
         checkpoint=checkpoint.resolve(),
-        manager=manager,
+        registry=registry,
         quiet_lock=endpoint.quiet_lock,
     )
 
@@ -384,7 +380,7 @@ def run_campaign(
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     summary = _summary(study, campaign, time.monotonic() - started)
-    setup.manager.hook.vitopt_campaign_finished(summary=summary)
+    setup.registry.manager.hook.vitopt_campaign_finished(summary=summary)
     return summary
 
 
@@ -403,8 +399,7 @@ def drive(
     target = campaign.search.trials
     deadline = started + campaign.search.timeout_s if campaign.search.timeout_s else None
     store = artifact_store(campaign)
-    task = registered(setup.manager, "vitopt_register_tasks", campaign.task.name, "task.name")
-    name_objectives(study, campaign, task_metric(task))
+    name_objectives(study, campaign, setup.registry.task(campaign.task.name).metric_name)
     running: dict[Any, optuna.Trial] = {}
     columns = (
         TextColumn("trials"),
@@ -432,7 +427,7 @@ def drive(
                         study.enqueue_trial(trial.params, user_attrs=retry)
                     study.set_user_attr(AGENT_POOL_ATTR, pool.snapshot())
                     write_note(study, campaign)  # best effort: logs a warning on failure
-                    setup.manager.hook.vitopt_trial_finished(
+                    setup.registry.manager.hook.vitopt_trial_finished(
                         trial_number=frozen.number,
                         state=frozen.state.name,
                         values=frozen.values,
@@ -495,7 +490,7 @@ def _submit_more(study, setup: Setup, executor, pool, running, target, deadline)
         # Everything the pipeline saw, fixed and inactive values included, so that
         # 'vitopt export' rebuilds exactly this candidate.
         trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
-        setup.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
+        setup.registry.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
         best = best_feasible(study)
         cut = None
         if (

@@ -22,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 from optimizer.campaign.prune_broker import PruneBroker
 from optimizer.config import ExecutionConfig
-from optimizer.trial.pipeline import ShouldPrune, TrialOutcome, TrialRequest, run_trial
+from optimizer.trial.outcome import ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.trial.pipeline import run_trial
 
 T = TypeVar("T")
 TrialFn = Callable[[TrialRequest, ShouldPrune | None], TrialOutcome]

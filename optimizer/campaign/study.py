@@ -15,8 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.campaign.storage import open_storage, sqlite_file
 from optimizer.config import Campaign
+from optimizer.plugin_api.task import DEFAULT_METRIC
 from optimizer.trial.log import LOG_NAME
-from optimizer.trial.pipeline import REFERENCE_JOBS_ATTR, TrialOutcome
+from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, TrialOutcome
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
@@ -193,9 +194,6 @@ def record(
     return study.tell(trial, state=state)
 
 
-DEFAULT_METRIC = "top-1"  # what ``accuracy`` is when the task names no metric_name
-
-
 def metric_label(attrs: Mapping[str, Any]) -> str:
     """What a trial's ``accuracy`` is: top-1 unless its task named it (segmentation: mIoU)."""
     return attrs.get("accuracy_metric") or DEFAULT_METRIC
@@ -204,11 +202,6 @@ def metric_label(attrs: Mapping[str, Any]) -> str:
 def trial_metric(trial: FrozenTrial | None) -> str:
     """:func:`metric_label` of ``trial`` (the baseline, say); top-1 when there is none yet."""
     return metric_label(trial.user_attrs if trial is not None else {})
-
-
-def task_metric(task: Any) -> str:
-    """What the campaign's task scores (its ``metric_name``), as trials will record it."""
-    return getattr(task, "metric_name", None) or DEFAULT_METRIC
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

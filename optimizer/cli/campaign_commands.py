@@ -44,7 +44,8 @@ from optimizer.device.client import AgentError
 from optimizer.device.pool import AgentPool
 from optimizer.plugin_host.manager import PluginError
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR
-from optimizer.trial.pipeline import TrialOutcome, TrialRequest, run_trial
+from optimizer.trial.outcome import TrialOutcome, TrialRequest
+from optimizer.trial.pipeline import run_trial
 
 USER_ERRORS = (
     CampaignError,

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from optimizer.config import Campaign, CampaignError, ParamOverride, load_campaign
 from optimizer.plugin_api.technique import STAGES, ParamSpec
-from optimizer.plugin_host.manager import DISABLE_ENV, PluginStatus, Survey, disabled_names, survey
+from optimizer.plugin_host.manager import DISABLE_ENV, disabled_names
+from optimizer.plugin_host.survey import PluginStatus, Survey, survey
 
 # ---------------------------------------------------------------------------------------------
 # vitopt plugins
@@ -194,6 +195,8 @@ def plugins_json(
                 ],
                 "error": plugin.error,
                 "hooks": plugin.hooks,
+                "tasks": plugin.tasks,
+                "data_sources": plugin.datasets,
                 "techniques": [
                     {
                         "name": technique.name,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 
-@dataclass
+@dataclass(frozen=True)
 class Splits:
     """``train``, ``val`` and ``test`` are torch datasets of ``(input, label)``; ``input_shape``
     is one input's ``(C, H, W)``; ``num_classes`` the model's outputs (classes, or the

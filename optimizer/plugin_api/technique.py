@@ -142,6 +142,10 @@ class TrialPruned(Exception):
     not failed."""
 
 
+def _no_teacher() -> None:
+    return None
+
+
 def _no_report(step: int, value: float) -> None:
     """Outside a campaign (tests, ``vitopt export``) nobody listens."""
 
@@ -163,11 +167,15 @@ class StageContext:
         shuffled with the trial's seed; validation split). Use the validation split for
         :attr:`report`, never the held-out test split, which scores the final ONNX file.
     ``task``
-        The campaign's task (``classification``): ``task.loss(logits, labels)`` is the training
-        loss, ``task.evaluate_onnx(path, dataset)`` the metric on an ONNX file.
+        The campaign's :class:`~optimizer.plugin_api.Task` (``classification``):
+        ``task.loss(outputs, labels)`` is the training loss, ``task.torch_metric(model,
+        loader)`` the validation metric, ``task.evaluate_onnx(path, dataset)`` the score of an
+        ONNX file.
     ``teacher``
-        The teacher model (by default the unpruned baseline) when the trial distils
-        (``distill.enabled``), else ``None``. Do not modify it.
+        The teacher model: the unpruned baseline unless the campaign names another
+        (``teacher.name``). Loaded when first read (a technique that does not distil never pays
+        for it), then shared; ``None`` where there is none (a context built for a test). Do
+        not modify it.
     ``device_info``
         The device agent's ``GET /v1/info`` for the target device, decided before the search:
         ``device`` and ``device_type``, ``backend`` (``{"name": "tensorrt", "version":
@@ -201,7 +209,6 @@ class StageContext:
     train_loader: Iterable[Any]
     val_loader: Iterable[Any]
     task: Any
-    teacher: Any | None
     device_info: Mapping[str, Any]
     work_dir: Path
     seed: int
@@ -210,6 +217,12 @@ class StageContext:
     calibration_size: int = 128
     calibration_method: CalibrationMethod = "auto"
     trial_number: int = 0
+    #: What :attr:`teacher` reads: a cached loader (the pipeline's), or ``lambda: model``.
+    load_teacher: Callable[[], Any] = _no_teacher
+
+    @property
+    def teacher(self) -> Any | None:
+        return self.load_teacher()
 
 
 @runtime_checkable

@@ -53,15 +53,6 @@ def train_epochs(
     return losses
 
 
-def validation_metric(
-    task: object, model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> float:
-    """The task's validation metric of a torch model: ``task.torch_metric(model, loader)`` when
-    the task defines one (segmentation: mIoU), else top-1 (:func:`torch_accuracy`)."""
-    metric = getattr(task, "torch_metric", None)
-    return float(metric(model, loader)) if metric is not None else torch_accuracy(model, loader)
-
-
 @torch.no_grad()
 def torch_accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     model.eval()

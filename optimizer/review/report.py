@@ -28,8 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.campaign.figures import ms, pct, points, speedup
 from optimizer.campaign.note import digest, drift_line
-from optimizer.campaign.study import BASELINE_ATTR, DEFAULT_METRIC, baseline_trial
+from optimizer.campaign.study import BASELINE_ATTR, baseline_trial
 from optimizer.config import Campaign
+from optimizer.plugin_api.task import DEFAULT_METRIC
 
 PNG_FILES = {
     "scatter": "latency_accuracy.png",

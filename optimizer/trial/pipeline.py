@@ -9,7 +9,6 @@ the study: the driver is its only writer.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import shutil
@@ -17,7 +16,6 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,57 +25,26 @@ from torch.utils.data import DataLoader
 from optimizer.config import Campaign
 from optimizer.device import colocation
 from optimizer.device.client import MeasurementFailed, Reference
-from optimizer.device.pool import AgentLease, PooledMeasurement
+from optimizer.device.pool import PooledMeasurement
 from optimizer.plugin_api.model_stats import (
     count_macs,
     count_params,
     example_input,
     onnx_size_bytes,
 )
-from optimizer.plugin_api.technique import STAGES, OnnxArtifact, StageContext, TrialPruned
-from optimizer.plugin_host.manager import (
-    RegisteredTechnique,
-    build_plugin_manager,
-    collect_techniques,
-    registered,
-)
+from optimizer.plugin_api.task import SCORE
+from optimizer.plugin_api.technique import OnnxArtifact, StageContext, TrialPruned
+from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import load_model, load_teacher
 from optimizer.trial.export import export_onnx
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
-
-ShouldPrune = Callable[[int, float], bool]
-# Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
-# own objective.metric (p50 by default)}].
-REFERENCE_JOBS_ATTR = "reference_jobs"
-
-
-@dataclass
-class TrialRequest:
-    campaign: Campaign
-    number: int
-    params: dict[str, Any]
-    checkpoint: Path
-    agents: AgentLease  # the campaign's pool (a Ray actor handle when trials run on Ray)
-    agent_token: str | None
-    device_info: dict[str, Any]
-    work_dir: Path
-    baseline: dict[str, float] | None = None  # its accuracy; None for the baseline itself
-    # The baseline's deployable model, which every job is timed against (None: this trial is
-    # the baseline, timed against itself).
-    reference: Reference | None = None
-    cut_speedup: float | None = None  # best feasible speedup so far (latency-first cut)
-    quiet_lock: Path | None = None  # the embedded agent's lock folder, on the driver's host
-    save_weights: Path | None = None  # write the final torch weights here (safetensors)
-
-
-@dataclass
-class TrialOutcome:
-    number: int
-    state: str  # COMPLETE, PRUNED or FAIL
-    accuracy: float | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    intermediate: list[tuple[int, float]] = field(default_factory=list)
+from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.trial.stages import (
+    TechniqueFailed,
+    apply_technique,
+    check_leaves_unchanged,
+    fingerprint,
+)
 
 
 @functools.cache
@@ -85,8 +52,7 @@ def _splits(data_json: str, disable: tuple[str, ...]) -> Any:
     from optimizer.config import DataConfig
 
     data = DataConfig.model_validate_json(data_json)
-    manager = build_plugin_manager(disable)
-    return registered(manager, "vitopt_register_datasets", data.source, "data.source")(data)
+    return plugin_registry(disable).data_source(data.source).load(data)
 
 
 def load_splits(campaign: Campaign) -> Any:
@@ -98,17 +64,18 @@ def load_splits(campaign: Campaign) -> Any:
 def _stage_context(
     campaign: Campaign,
     splits: Any,
-    manager: Any,
+    registry: Registry,
     device_info: dict[str, Any],
     work: Path,
     *,
     number: int,
-    teacher: Any,
+    checkpoint: Path,
     log: logging.Logger,
     report: Callable[[int, float], None] | None = None,
 ) -> StageContext:
     """What the techniques of trial ``number`` are given (seeded by the campaign's seed plus
-    the trial number)."""
+    the trial number). The teacher is loaded only when a technique asks for it (the baseline
+    at ``checkpoint`` unless the campaign names another)."""
     seed = campaign.search.seed + number
     extra = {"report": report} if report is not None else {}
     return StageContext(
@@ -124,8 +91,10 @@ def _stage_context(
             )
         ),
         val_loader=DataLoader(splits.val, batch_size=256),
-        task=registered(manager, "vitopt_register_tasks", campaign.task.name, "task.name"),
-        teacher=teacher,
+        task=registry.task(campaign.task.name),
+        load_teacher=functools.cache(
+            lambda: load_teacher(campaign, splits.num_classes, checkpoint)
+        ),
         device_info=device_info,
         work_dir=work,
         seed=seed,
@@ -137,71 +106,29 @@ def _stage_context(
     )
 
 
-class DefaultsChangeTheModel(Exception):
-    """A technique changed the baseline at its declared defaults: every speedup and accuracy
-    drop of the campaign would be measured against a model that is not the user's."""
-
-
-def by_stage(entries: list[RegisteredTechnique]) -> dict[str, list[RegisteredTechnique]]:
-    """The techniques of each stage, in registration order (the order they run in)."""
-    stages: dict[str, list[RegisteredTechnique]] = {stage: [] for stage in STAGES}
-    for entry in entries:
-        stages[entry.technique.stage].append(entry)
-    return stages
-
-
 def check_defaults(
     campaign: Campaign,
-    manager: Any,
-    entries: list[RegisteredTechnique],
+    registry: Registry,
     checkpoint: Path,
     device_info: dict[str, Any],
     defaults: dict[str, Any],
     work: Path,
 ) -> None:
-    """Apply every technique, in pipeline order, at ``defaults`` (each parameter's declared
-    default: what the baseline trial runs) to the baseline, and raise
-    :class:`DefaultsChangeTheModel` (or :class:`TechniqueFailed`) naming the first technique
-    that changes the model's weights or architecture, or rewrites or re-labels its ONNX file.
+    """The default rule, on the campaign's baseline: every technique at ``defaults`` (each
+    parameter's declared default: what the baseline trial runs) must leave it as it is
+    (:func:`~optimizer.trial.stages.check_leaves_unchanged`).
 
     Why: the baseline is "every technique at its default" (docs/architecture.md); a default
     that prunes or retrains would silently replace the user's model by a worse one, and the
-    campaign would report candidates against it. ``manager`` and ``entries``: the campaign's
-    plugin manager and its techniques (:func:`collect_techniques`)."""
-    stages = by_stage(entries)
+    campaign would report candidates against it."""
     splits = load_splits(campaign)
     model = load_model(campaign, splits.num_classes, checkpoint)
     torch.manual_seed(campaign.search.seed)
     log = logging.getLogger("vitopt.defaults")
     ctx = _stage_context(
-        campaign, splits, manager, device_info, work, number=0, teacher=None, log=log
+        campaign, splits, registry, device_info, work, number=0, checkpoint=checkpoint, log=log
     )
-    params = dict(defaults)
-    for entry in (*stages["prune"], *stages["train"]):
-        before = _fingerprint(model)
-        model = apply_technique(entry, model, params, ctx)
-        if _fingerprint(model) != before:
-            raise DefaultsChangeTheModel(_changed(entry, params, "the baseline model"))
-    artifact = OnnxArtifact(
-        export_onnx(model, example_input(ctx.input_shape), work / "defaults.onnx")
-    )
-    digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()
-    for entry in stages["quantize"]:
-        result = apply_technique(entry, artifact, params, ctx)
-        unchanged = hashlib.sha256(result.path.read_bytes()).hexdigest() == digest
-        if result.precision != artifact.precision or not unchanged:
-            raise DefaultsChangeTheModel(_changed(entry, params, "the baseline's ONNX graph"))
-        artifact = result
-
-
-def _changed(entry: RegisteredTechnique, params: dict[str, Any], what: str) -> str:
-    own = [spec.name for spec in entry.technique.search_space()]
-    values = ", ".join(f"{name}={params.get(name)!r}" for name in own) or "no parameters"
-    return (
-        f"{_who(entry)} changes {what} at its defaults ({values}): a parameter's default must "
-        "mean 'leave the model as it is', since the baseline runs every technique at its "
-        "defaults (docs/plugins.md, ParamSpec rules)"
-    )
+    check_leaves_unchanged(registry.techniques, model, defaults, ctx, work)
 
 
 class _Measurer:
@@ -314,25 +241,23 @@ def _run(
     torch.set_num_threads(campaign.execution.torch_threads)
     seed = campaign.search.seed + request.number
     torch.manual_seed(seed)
-    params = request.params
     work = request.work_dir
     work.mkdir(parents=True, exist_ok=True)
 
-    manager = build_plugin_manager(campaign.plugins.disable)
-    entries = collect_techniques(manager)
-    stages = by_stage(entries)
-    declared = {spec.name for entry in entries for spec in entry.technique.search_space()}
-    unknown = sorted(set(params) - declared)
+    registry = plugin_registry(campaign.plugins.disable)
+    stages = registry.by_stage()
+    declared = registry.declared()
+    unknown = sorted(set(request.params) - {spec.name for spec in declared})
     if unknown:  # the driver has a plugin this process lacks: never run without it silently
         raise TechniqueFailed(
             f"no technique on {socket.gethostname()} declares {', '.join(unknown)}: install the "
             "plugin that does on every node that runs trials (at the driver's version)"
         )
+    # Every declared parameter, those the trial does not set at their declared defaults: a
+    # technique reads params[name], never a fallback of its own.
+    params = {spec.name: request.params.get(spec.name, spec.default) for spec in declared}
     splits = load_splits(campaign)
     model = load_model(campaign, splits.num_classes, request.checkpoint)
-    teacher = (
-        load_teacher(campaign, splits.num_classes, model) if params.get("distill.enabled") else None
-    )
 
     def report(step: int, value: float) -> None:
         outcome.intermediate.append((step, value))
@@ -342,11 +267,11 @@ def _run(
     ctx = _stage_context(
         campaign,
         splits,
-        manager,
+        registry,
         request.device_info,
         work,
         number=request.number,
-        teacher=teacher,
+        checkpoint=request.checkpoint,
         report=report,
         log=log,
     )
@@ -383,10 +308,10 @@ def _run(
         )
         _keep(outcome, artifact, result, work)  # what was cut, as it was timed
         return
-    before = _fingerprint(model)
+    before = fingerprint(model)
     for technique in stages["train"]:
         model = apply_technique(technique, model, params, ctx)
-    if _fingerprint(model) != before:  # retrained: the deployable file and its timing change
+    if fingerprint(model) != before:  # retrained: the deployable file and its timing change
         artifact = deployable("candidate")
         result = measure(artifact)
         reference_jobs.append(_reference_job(result, measure.metric))
@@ -396,14 +321,10 @@ def _run(
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, request.save_weights)
     # A task may report more than its score (segmentation: per-class IoU, pixel accuracy):
-    # ``evaluate_onnx_metrics`` returns them with the score under "score".
-    extra: dict[str, Any] = {}
+    # ``evaluate_onnx_metrics`` returns them with the score under SCORE.
     with colocation.step():
-        if getattr(ctx.task, "evaluate_onnx_metrics", None) is not None:
-            extra = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
-            accuracy = float(extra.pop("score"))
-        else:
-            accuracy = ctx.task.evaluate_onnx(artifact.path, splits.test)
+        extra = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
+    accuracy = float(extra.pop(SCORE))
     outcome.state = "COMPLETE"
     outcome.accuracy = accuracy
     outcome.attrs.update(_latency_attrs(result))
@@ -423,8 +344,7 @@ def _run(
             "backend_version": result["backend"]["version"],
         }
     )
-    if getattr(ctx.task, "metric_name", None):  # what "accuracy" means: top-1 unless named
-        outcome.attrs["accuracy_metric"] = ctx.task.metric_name
+    outcome.attrs["accuracy_metric"] = ctx.task.metric_name  # what "accuracy" means
     outcome.attrs.update(extra)
     if request.baseline is not None:
         outcome.attrs["accuracy_drop"] = request.baseline["accuracy"] - accuracy
@@ -452,45 +372,3 @@ def slower_than_best(interval: list[float], best_speedup: float) -> bool:
     """The latency-first cut: a candidate stops before fine-tuning only when its whole
     interval lies below the best feasible speedup (a point estimate below it may be noise)."""
     return interval[1] < best_speedup
-
-
-class TechniqueFailed(Exception):
-    """A technique raised in ``apply`` or returned the wrong type: the trial fails with this
-    message (it names the technique and its plugin), the campaign goes on."""
-
-
-def apply_technique(
-    registered: RegisteredTechnique, subject: Any, params: dict[str, Any], ctx: StageContext
-) -> Any:
-    """``technique.apply``, checked: what a stage returns must be what the next one takes
-    (prune/train: a ``torch.nn.Module``; quantize: an :class:`OnnxArtifact`)."""
-    technique = registered.technique
-    expected = OnnxArtifact if technique.stage == "quantize" else torch.nn.Module
-    who = _who(registered)
-    try:
-        result = technique.apply(subject, params, ctx)
-    except (TrialPruned, MeasurementFailed):
-        raise
-    except Exception as exc:
-        raise TechniqueFailed(f"{who} failed in apply: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(result, expected):
-        wanted = "an OnnxArtifact" if expected is OnnxArtifact else "a torch.nn.Module"
-        raise TechniqueFailed(
-            f"{who} returned {type(result).__name__} from apply, expected {wanted}"
-        )
-    return result
-
-
-def _who(registered: RegisteredTechnique) -> str:
-    source = registered.source
-    origin = f"built-in {source.name}" if source.builtin else source.origin
-    return f"technique {registered.technique.name!r} ({origin})"
-
-
-def _fingerprint(model: torch.nn.Module) -> str:
-    """The weights and the architecture (parameter names and shapes) of ``model``."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()

@@ -1,0 +1,47 @@
+"""What the driver sends a trial and what comes back: plain data, cheap to import (no torch),
+so that the study can record outcomes without loading a model library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optimizer.config import Campaign
+from optimizer.device.client import Reference
+from optimizer.device.pool import AgentLease
+
+ShouldPrune = Callable[[int, float], bool]
+# Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
+# own objective.metric (p50 by default)}].
+REFERENCE_JOBS_ATTR = "reference_jobs"
+
+
+@dataclass
+class TrialRequest:
+    campaign: Campaign
+    number: int
+    params: dict[str, Any]
+    checkpoint: Path
+    agents: AgentLease  # the campaign's pool (a Ray actor handle when trials run on Ray)
+    agent_token: str | None
+    device_info: dict[str, Any]
+    work_dir: Path
+    baseline: dict[str, float] | None = None  # its accuracy; None for the baseline itself
+    # The baseline's deployable model, which every job is timed against (None: this trial is
+    # the baseline, timed against itself).
+    reference: Reference | None = None
+    cut_speedup: float | None = None  # best feasible speedup so far (latency-first cut)
+    quiet_lock: Path | None = None  # the embedded agent's lock folder, on the driver's host
+    save_weights: Path | None = None  # write the final torch weights here (safetensors)
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    accuracy: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    intermediate: list[tuple[int, float]] = field(default_factory=list)

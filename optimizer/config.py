@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from jetson_agent import spec as agent_spec
-from optimizer.device.client import check_agent_url
+from optimizer.device.client import TOKEN_ENV, check_agent_url
 from optimizer.plugin_api.technique import CalibrationMethod
 
 MAX_TRIALS = 100_000  # a search far past what any campaign runs: a typo, not a plan
@@ -201,7 +201,7 @@ class AgentsConfig(_Strict):
     device: str | None = Field(
         None, description="the target device type when the pool holds several (see /v1/info)"
     )
-    token_env: str = "VITOPT_AGENT_TOKEN"
+    token_env: str = TOKEN_ENV
     reprobe_s: float = Field(
         10, gt=0, description="how long an agent that stopped answering rests before a re-probe"
     )

@@ -14,6 +14,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "vitopt-lowrank"
 
+# A technique whose declared default changes the model (a default of 1.0 would not): what the
+# campaign and the conformance check must refuse.
+SHRINK = """
+import torch
+from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import ParamSpec
+
+class Shrink:
+    name = "shrink"
+    stage = "prune"
+    def search_space(self):
+        return [ParamSpec("shrink.scale", "float", 0.5, low=0.1, high=1.0)]
+    def apply(self, subject, params, ctx):
+        with torch.no_grad():  # a default of 1.0 would leave the model alone
+            for weight in subject.parameters():
+                weight.mul_(params["shrink.scale"])
+        return subject
+
+@hookimpl
+def vitopt_register_techniques():
+    return [Shrink()]
+"""
+
 
 def write_plugin_package(
     folder: Path, name: str, plugin_code: str, version: str = "0.1.0", entry_point: str = ""

@@ -17,7 +17,7 @@ import pytest
 from campaign_helpers import write_campaign
 from optuna.trial import TrialState
 from pip_target import pip_install
-from plugin_helpers import env_with, vitopt, write_plugin_package
+from plugin_helpers import SHRINK, env_with, vitopt, write_plugin_package
 
 from optimizer.campaign.driver import preflight
 from optimizer.config import CampaignError, load_campaign
@@ -83,27 +83,6 @@ def test_the_built_in_tasks_pass_the_conformance_check(
 ) -> None:
     score = check_task(task, source, tmp_path, model, image_size=image_size)
     assert 0.0 <= score <= 1.0
-
-
-SHRINK = """
-import torch
-from optimizer.plugin_api import ParamSpec, hookimpl
-
-class Shrink:
-    name = "shrink"
-    stage = "prune"
-    def search_space(self):
-        return [ParamSpec("shrink.scale", "float", 0.5, low=0.1, high=1.0)]
-    def apply(self, subject, params, ctx):
-        with torch.no_grad():  # a default of 1.0 would leave the model alone
-            for weight in subject.parameters():
-                weight.mul_(params["shrink.scale"])
-        return subject
-
-@hookimpl
-def vitopt_register_techniques():
-    return [Shrink()]
-"""
 
 
 @pytest.mark.slow

@@ -129,7 +129,7 @@ def test_the_examples_own_tests_pass_against_the_installed_package(
         command, capture_output=True, text=True, env=env_with(target), cwd=tmp_path, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "8 passed" in result.stdout
+    assert "9 passed" in result.stdout
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from campaign_helpers import write_campaign
 from click.testing import CliRunner
 from optuna.trial import TrialState
 from pip_target import pip_install
-from plugin_helpers import env_with, vitopt, write_plugin_package
+from plugin_helpers import SHRINK, env_with, vitopt, write_plugin_package
 
 from optimizer.cli import main
 from optimizer.config import load_campaign
@@ -103,26 +103,7 @@ def vitopt_register_techniques():
 # Techniques whose declared defaults change the baseline: what the campaign must refuse.
 MEDDLING = {
     "shrink": (
-        """
-import torch
-from optimizer.plugin_api import hookimpl
-from optimizer.plugin_api import ParamSpec
-
-class Shrink:
-    name = "shrink"
-    stage = "prune"
-    def search_space(self):
-        return [ParamSpec("shrink.scale", "float", 0.5, low=0.1, high=1.0)]
-    def apply(self, subject, params, ctx):
-        with torch.no_grad():  # a default of 1.0 would leave the model alone
-            for weight in subject.parameters():
-                weight.mul_(params["shrink.scale"])
-        return subject
-
-@hookimpl
-def vitopt_register_techniques():
-    return [Shrink()]
-""",
+        SHRINK,
         "technique 'shrink' (vitopt-shrink 0.1.0) changes the baseline model at its defaults "
         "(shrink.scale=0.5)",
     ),
@@ -149,11 +130,18 @@ def vitopt_register_techniques():
 }
 
 TASK_CLASH = """
-from optimizer.plugin_api import hookimpl
+from optimizer.plugin_api import TaskBase, hookimpl
+
+class Other(TaskBase):
+    def loss(self, outputs, labels):
+        return outputs.sum()
+
+    def evaluate_onnx(self, path, dataset, threads=1):
+        return 1.0
 
 @hookimpl
 def vitopt_register_tasks():
-    return {"classification": object()}
+    return {"classification": Other()}
 """
 TASK_CLASH_MESSAGE = (
     "task name 'classification' is claimed by both built-in plugin 'plugins.classification' "
@@ -643,7 +631,7 @@ def test_a_scaffolded_plugin_installs_passes_its_tests_and_is_listed(tmp_path: P
     tests = [str(p / "tests") for p in packages]
     run = vitopt_pytest(tests, env, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "9 passed" in run.stdout
+    assert "12 passed" in run.stdout
     listed = vitopt("plugins", "--json", env=env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     by_name = {p["name"]: p for p in json.loads(listed.stdout)["plugins"]}

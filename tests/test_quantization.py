@@ -18,6 +18,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from optimizer.plugin_api import OnnxArtifact, ParamSpec, StageContext, Technique, hookspecs
+from optimizer.plugin_testing import default_params
 from optimizer.trial.export import export_onnx
 from plugins import quantization
 from plugins.digits import Splits, load_digits_splits
@@ -277,8 +278,9 @@ def test_fp32_returns_the_artifact_unchanged(tmp_path: Path) -> None:
     result = Int8Quantization().apply(artifact, {PRECISION_PARAM: "fp32"}, make_ctx(tmp_path))
     assert result is artifact
     assert result.precision == "fp32"
-    # The default (no parameter sampled, as in the baseline) is fp32 too.
-    assert Int8Quantization().apply(artifact, {}, make_ctx(tmp_path)) is artifact
+    # The declared default (what the baseline runs) is fp32 too.
+    defaults = default_params(Int8Quantization())
+    assert Int8Quantization().apply(artifact, defaults, make_ctx(tmp_path)) is artifact
 
 
 def test_fp16_is_the_same_file_at_builder_precision_fp16(tmp_path: Path) -> None:

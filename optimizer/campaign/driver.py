@@ -471,7 +471,6 @@ def _retry_on_infra(
 
 
 def _submit_more(study, setup: Setup, executor, pool, running, target, deadline) -> None:
-    campaign = setup.campaign
     while len(running) < max(executor.capacity, 1):
         _check_stop()
         if len(counted_trials(study)) + len(running) >= target:
@@ -482,43 +481,47 @@ def _submit_more(study, setup: Setup, executor, pool, running, target, deadline)
         if base is None and running:
             return  # the baseline runs alone: every later trial is measured against it
         trial = study.ask()
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        if base is None and not is_baseline:
-            raise CampaignFailed("no baseline trial in the study; start a new campaign name")
-        # The baseline is not sampled: the uncompressed model, whatever the space's ranges.
-        params = dict(setup.space.baseline) if is_baseline else setup.space.sample(trial)
-        # Everything the pipeline saw, fixed and inactive values included, so that
-        # 'vitopt export' rebuilds exactly this candidate.
-        trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
-        setup.registry.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
-        best = best_feasible(study)
-        cut = None
-        if (
-            not is_baseline
-            and best is not None
-            and campaign.objective.latency_first_cut
-            and campaign.objective.mode == "latency"
-        ):
-            cut = best.user_attrs["speedup"]
-        request = TrialRequest(
-            campaign=campaign,
-            number=trial.number,
-            params=params,
-            checkpoint=setup.checkpoint,
-            agents=pool,
-            agent_token=setup.agent_token,
-            device_info=setup.device_info,
-            work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
-            baseline=None if is_baseline else {"accuracy": base.user_attrs["accuracy"]},
-            reference=None if is_baseline else baseline_reference(campaign, base),
-            cut_speedup=cut,
-            quiet_lock=setup.quiet_lock,
-        )
-
-        should_prune = functools.partial(_report, trial)
-        try:
-            handle = executor.submit(request, should_prune)
+        try:  # the trial is in the study from here on: a Ctrl-C must leave it queued again
+            running[_submit(study, setup, executor, pool, trial, base)] = trial
         except KeyboardInterrupt:  # in-process trials run inside submit
             _requeue(study, trial, "interrupted by the user")
             raise
-        running[handle] = trial
+
+
+def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any) -> Any:
+    """Sample ``trial``'s candidate (the defaults, for the baseline trial), record what it
+    will run, and hand it to the executor; returns the executor's handle."""
+    campaign = setup.campaign
+    is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+    if base is None and not is_baseline:
+        raise CampaignFailed("no baseline trial in the study; start a new campaign name")
+    # The baseline is not sampled: the uncompressed model, whatever the space's ranges.
+    params = dict(setup.space.baseline) if is_baseline else setup.space.sample(trial)
+    # Everything the pipeline saw, fixed and inactive values included, so that
+    # 'vitopt export' rebuilds exactly this candidate.
+    trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
+    setup.registry.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
+    best = best_feasible(study)
+    cut = None
+    if (
+        not is_baseline
+        and best is not None
+        and campaign.objective.latency_first_cut
+        and campaign.objective.mode == "latency"
+    ):
+        cut = best.user_attrs["speedup"]
+    request = TrialRequest(
+        campaign=campaign,
+        number=trial.number,
+        params=params,
+        checkpoint=setup.checkpoint,
+        agents=pool,
+        agent_token=setup.agent_token,
+        device_info=setup.device_info,
+        work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
+        baseline=None if is_baseline else {"accuracy": base.user_attrs["accuracy"]},
+        reference=None if is_baseline else baseline_reference(campaign, base),
+        cut_speedup=cut,
+        quiet_lock=setup.quiet_lock,
+    )
+    return executor.submit(request, functools.partial(_report, trial))

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optimizer.campaign.figures import ms, pct, points, speedup
 from optimizer.campaign.study import (
     DRIFT_LIMIT,
+    FINISHED,
     INTERRUPTED_ATTR,
     RETRIED_ATTR,
     baseline_trial,
@@ -74,10 +75,9 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
     snapshot: Any = _Snapshot(study)
     counted = counted_trials(snapshot)
     states = [t.state for t in counted]
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     rerun = [
         t
-        for t in snapshot.get_trials(states=finished)
+        for t in snapshot.get_trials(states=FINISHED)
         if t.user_attrs.get(RETRIED_ATTR) or t.user_attrs.get(INTERRUPTED_ATTR)
     ]
     base = baseline_trial(snapshot)

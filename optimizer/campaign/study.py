@@ -220,12 +220,15 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     return min(feasible, key=lambda t: t.user_attrs["latency_ms"], default=None)
 
 
+#: The states of a trial that has ended.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Finished trials that count towards the campaign's target (interrupted ones re-run)."""
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return [
         t
-        for t in study.get_trials(deepcopy=False, states=done)
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
         if not (t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(RETRIED_ATTR))
     ]
 

@@ -13,9 +13,7 @@ from rich.table import Table
 
 from jetson_agent import spec as agent_spec
 from optimizer.campaign.figures import speedup
-from optimizer.device.client import AgentClient, AgentError, MeasurementFailed, Reference
-
-TOKEN_ENV = "VITOPT_AGENT_TOKEN"
+from optimizer.device.client import TOKEN_ENV, AgentClient, AgentError, MeasurementFailed, Reference
 
 
 def _client(url: str, token_file: Path | None, timeout: float) -> AgentClient:

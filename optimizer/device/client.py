@@ -26,6 +26,9 @@ from typing import Any
 from jetson_agent import multipart
 from jetson_agent.errors import CANDIDATE_FAULTS, INFRA_ERROR, OK
 
+#: The environment variable the CLI and campaigns read the agent's bearer token from.
+TOKEN_ENV = "VITOPT_AGENT_TOKEN"
+
 JsonDict = dict[str, Any]
 _AGENT_URL = re.compile(r"^https?://[^/\s?#]+/?$")
 
@@ -183,7 +186,7 @@ class AgentClient:
             raise AgentAuthError(
                 status,
                 code,
-                f"{message}; give the agent's token (--token-file or $VITOPT_AGENT_TOKEN)",
+                f"{message}; give the agent's token (--token-file or ${TOKEN_ENV})",
             )
         raise AgentRequestError(status, code, message)
 

@@ -41,11 +41,13 @@ dataclasses of :mod:`optimizer.plugin_api.technique` gain fields with defaults, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pluggy
 
+from optimizer.plugin_api.data_source import DataSource, Splits
+from optimizer.plugin_api.task import Task
 from optimizer.plugin_api.technique import Technique
 
 __all__ = [
@@ -89,26 +91,28 @@ def vitopt_register_techniques() -> Sequence[Technique]:
 
 
 @hookspec
-def vitopt_register_tasks() -> Mapping[str, Any]:
-    """Return ``{name: task}`` for the tasks this plugin provides (``classification``).
+def vitopt_register_tasks() -> Mapping[str, Task]:
+    """Return ``{name: task}`` for the tasks this plugin provides (``classification``): each a
+    :class:`~optimizer.plugin_api.Task`, best a :class:`~optimizer.plugin_api.TaskBase`
+    subclass (its loss, its metrics on torch models and on the deployable ONNX file, its model).
 
-    A task gives the training loss (``task.loss(logits, labels)``) and the metric on the
-    deployable ONNX file (``task.evaluate_onnx(path, dataset) -> float``, higher is better).
     Called in the driver and in every trial's process, like
-    :func:`vitopt_register_techniques`; a task is chosen by the campaign's ``task.name``.
-    Raising here fails the campaign's start (or the trial, in a worker).
+    :func:`vitopt_register_techniques`; a task is chosen by the campaign's ``task.name``. An
+    entry that is not a task, a name another plugin registers, or raising here stops the
+    campaign before any trial, naming the plugin.
     """
 
 
 @hookspec
-def vitopt_register_datasets() -> Mapping[str, Any]:
-    """Return ``{name: factory}`` for data sources (``digits``, ``imagefolder``).
+def vitopt_register_datasets() -> Mapping[str, DataSource | Callable[[Any], Splits]]:
+    """Return ``{name: source}`` for data sources (``digits``, ``imagefolder``): each a
+    :class:`~optimizer.plugin_api.DataSource` (best a
+    :class:`~optimizer.plugin_api.DataSourceBase` subclass) or a plain function from the
+    campaign's ``data`` section to :class:`~optimizer.plugin_api.Splits`.
 
-    A factory takes the campaign's ``data`` section (:class:`optimizer.config.DataConfig`) and
-    returns the splits: an object with ``train``, ``val``, ``test`` (torch datasets of
-    ``(image, label)``), ``num_classes`` and ``input_shape`` ``(C, H, W)``. Called in the driver
-    and once per trial process (the splits are cached per process); a source is chosen by the
-    campaign's ``data.source``. Raising here fails the campaign's start (or the trial).
+    The driver calls the source's ``check(data)`` before the baseline is trained, and its
+    ``load(data)`` once per process that needs the splits (they are cached per process); a
+    source is chosen by the campaign's ``data.source``. Errors stop the campaign as for tasks.
     """
 
 

@@ -34,16 +34,19 @@ class RegisteredTechnique:
         return self.source.describe()
 
 
-def register_techniques(
-    manager: pluggy.PluginManager, impl: Any, source: PluginSource
-) -> list[RegisteredTechnique]:
-    label = source.describe()
+def _call(impl: Any, hook: str, label: str, empty: Any) -> Any:
+    """What one plugin's implementation of ``hook`` returns (``empty`` for None)."""
     try:
-        techniques = impl.function()
+        result = impl.function()
     except Exception as exc:
-        raise PluginError(f"{label} failed in vitopt_register_techniques: {one_line(exc)}") from exc
-    if techniques is None:
-        techniques = []
+        raise PluginError(f"{label} failed in {hook}: {one_line(exc)}") from exc
+    return empty if result is None else result
+
+
+def register_techniques(impl: Any, source: PluginSource) -> list[RegisteredTechnique]:
+    """The techniques one plugin's ``vitopt_register_techniques`` returns, each checked."""
+    label = source.describe()
+    techniques = _call(impl, "vitopt_register_techniques", label, [])
     if not isinstance(techniques, list | tuple):
         raise PluginError(
             f"{label}: vitopt_register_techniques must return a list of techniques, "
@@ -71,7 +74,7 @@ def collect_techniques(manager: pluggy.PluginManager) -> list[RegisteredTechniqu
     # get_hookimpls() is in registration order (built-ins, then entry points); pluggy *calls*
     # hooks in the reverse order, which is why the hook is not simply called here.
     for impl in manager.hook.vitopt_register_techniques.get_hookimpls():
-        found.extend(register_techniques(manager, impl, source_of(manager, impl.plugin)))
+        found.extend(register_techniques(impl, source_of(manager, impl.plugin)))
     problems = cross_check(found)
     if problems:
         raise PluginError(problems[0][1])
@@ -190,12 +193,7 @@ def register_named(hook: str, impl: Any, source: PluginSource) -> dict[str, Any]
     each entry checked."""
     label = source.describe()
     _, check = NAMED_HOOKS[hook]
-    try:
-        entries = impl.function()
-    except Exception as exc:
-        raise PluginError(f"{label} failed in {hook}: {one_line(exc)}") from exc
-    if entries is None:
-        entries = {}
+    entries = _call(impl, hook, label, {})
     if not isinstance(entries, Mapping):
         raise PluginError(
             f"{label}: {hook} must return a mapping of names, not {type(entries).__name__}"

@@ -75,7 +75,7 @@ def survey(disable: Iterable[str] = ()) -> Survey:
             status.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or ())
             for impl in manager.hook.vitopt_register_techniques.get_hookimpls():
                 if impl.plugin is plugin:
-                    entries = register_techniques(manager, impl, candidate.source)
+                    entries = register_techniques(impl, candidate.source)
                     status.techniques = [entry.technique for entry in entries]
                     if not status.disabled:
                         registered.extend(entries)

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from optimizer.plugin_testing import (
+    check_technique,
     default_params,
     find_technique,
     stage_context,
@@ -27,6 +28,10 @@ def test_is_installed_and_declares_do_nothing_defaults() -> None:
     assert technique.stage == "prune"
     defaults = default_params(technique)
     assert defaults == {"lowrank.enabled": False, "lowrank.rank_ratio": 0.5}
+
+
+def test_keeps_the_technique_contract(tmp_path: Path) -> None:
+    check_technique(NAME, tmp_path, {"lowrank.enabled": True, "lowrank.rank_ratio": 0.25})
 
 
 def test_the_defaults_leave_the_model_unchanged(tmp_path: Path) -> None:

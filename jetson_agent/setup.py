@@ -18,7 +18,7 @@ if __name__ == "__main__":
         name="jetson-agent",
         version=version,
         description="vitopt's device agent: measures ONNX models on a Jetson over HTTP",
-        packages=["jetson_agent", "jetson_agent.backends"],
+        packages=["jetson_agent", "jetson_agent.backends", "jetson_agent.telemetry"],
         package_dir={"jetson_agent": ".", "jetson_agent.backends": "backends"},
         python_requires=">=3.6",
         extras_require={"onnxruntime": ["onnxruntime", "numpy"], "onnx": ["onnx"]},

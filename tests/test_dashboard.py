@@ -33,7 +33,8 @@ from optimizer.campaign.note import digest, name_objectives, render_note, write_
 from optimizer.campaign.study import baseline_trial, best_feasible
 from optimizer.cli import main
 from optimizer.config import load_campaign
-from optimizer.review.report import ReportError, importances, pareto_front, write_report
+from optimizer.review.report import write_report
+from optimizer.review.report_data import ReportError, importances, pareto_front
 
 _VITOPT = (sys.executable, "-m", "optimizer")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"

@@ -82,3 +82,16 @@ def test_an_upward_import_breaks_its_contract(tmp_path: Path) -> None:
     for _, _, reported, contract in PLANTED:
         assert f"{contract} BROKEN" in result.stdout
         assert reported in result.stdout
+
+
+def test_reading_a_study_and_the_plugin_api_load_no_model_library() -> None:
+    """``vitopt status`` (and the plugin API a plugin imports first) start without torch, timm,
+    Ray or onnxruntime: the study's records are plain data."""
+    code = (
+        "import sys, optimizer.cli.status_commands, optimizer.plugin_api\n"
+        "print(sorted(m for m in ('torch', 'timm', 'ray', 'onnxruntime') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

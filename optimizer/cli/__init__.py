@@ -13,7 +13,7 @@ import click
 # Command name -> "module:attribute", in the order --help lists them.
 COMMANDS = {
     "run": "campaign_commands:run",
-    "status": "campaign_commands:status",
+    "status": "status_commands:status",
     "baseline": "campaign_commands:baseline",
     "export": "campaign_commands:export",
     "agent": "agent_commands:agent",

@@ -15,8 +15,14 @@ from rich.console import Console
 
 from optimizer.campaign.note import name_objectives, write_note
 from optimizer.campaign.study import artifact_store, baseline_trial, trial_metric
-from optimizer.cli.campaign_commands import _campaign_arg, _load, _open_existing, _storage_option
-from optimizer.review.report import ReportError, write_report
+from optimizer.cli.study_views import (
+    campaign_arg,
+    load_campaign_file,
+    open_existing,
+    storage_option,
+)
+from optimizer.review.report import write_report
+from optimizer.review.report_data import ReportError
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -31,7 +37,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @click.command()
-@_campaign_arg
+@campaign_arg
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(
     "--host",
@@ -39,7 +45,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     show_default=True,
     help="address to listen on; 0.0.0.0 shows the study to the whole network, unauthenticated",
 )
-@_storage_option
+@storage_option
 def dashboard(campaign_file: Path, port: int, host: str, storage: str | None) -> None:
     """Open the campaign's study in optuna-dashboard, with its artifacts (each trial's
     model.onnx and measurement.json), until Ctrl-C.
@@ -47,8 +53,8 @@ def dashboard(campaign_file: Path, port: int, host: str, storage: str | None) ->
     Run it where 'vitopt run' ran: the study and runs/NAME/artifacts are found from there."""
     from optuna_dashboard import get_note, wsgi
 
-    campaign = _load(campaign_file, storage)
-    study = _open_existing(campaign)
+    campaign = load_campaign_file(campaign_file, storage)
+    study = open_existing(campaign)
     # A study recorded before vitopt wrote them: label the objectives and write the note now.
     name_objectives(study, campaign, trial_metric(baseline_trial(study)))
     if not get_note(study):
@@ -80,20 +86,20 @@ def dashboard(campaign_file: Path, port: int, host: str, storage: str | None) ->
 
 
 @click.command()
-@_campaign_arg
+@campaign_arg
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="folder for report.html, the PNG figures and summary.json",
 )
-@_storage_option
+@storage_option
 def report(campaign_file: Path, out: Path, storage: str | None) -> None:
     """Write a self-contained review of the campaign: report.html (opens offline), PNG
     figures (latency vs top-1 with the feasible region, Pareto front, parameter importances,
     history) and summary.json."""
-    campaign = _load(campaign_file, storage)
-    study = _open_existing(campaign)
+    campaign = load_campaign_file(campaign_file, storage)
+    study = open_existing(campaign)
     try:
         data = write_report(study, campaign, out)
     except ReportError as exc:

@@ -23,11 +23,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optimizer.campaign.executor import Executor, make_executor
-from optimizer.campaign.figures import speedup
 from optimizer.campaign.note import name_objectives, write_note
+from optimizer.campaign.progress import baseline_training_bar, status_line, trials_bar
 from optimizer.campaign.search_space import SearchSpace, build_search_space, offered_choices
 from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
@@ -187,20 +186,7 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     for note in space.notes:
         console.print(f"[yellow]search space:[/] {note}")
     splits = load_splits(campaign)
-    with Progress(
-        TextColumn("baseline training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("train", total=campaign.model.train.epochs, loss="")
-
-        def on_epoch(epoch: int, total: int, loss: float) -> None:
-            progress.update(task, completed=epoch + 1, loss=f"loss {loss:.3f}")
-
+    with baseline_training_bar(console, campaign.model.train.epochs) as on_epoch:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
     if trained:
         console.print(f"baseline trained and cached at {checkpoint}")
@@ -294,24 +280,6 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
     return summary
 
 
-def _status_line(study: optuna.Study) -> str:
-    trials = counted_trials(study)
-    states = [t.state for t in trials]
-    best = best_feasible(study)
-    line = (
-        f"done {states.count(TrialState.COMPLETE)} · pruned {states.count(TrialState.PRUNED)}"
-        f" · failed {states.count(TrialState.FAIL)}"
-    )
-    if best is not None:
-        attrs = best.user_attrs
-        line += (
-            f" · best #{best.number}: {attrs['latency_ms']:.3f} ms "
-            f"({speedup(attrs['speedup'], attrs.get('speedup_ci'))}, "
-            f"drop {attrs['accuracy_drop'] * 100:+.1f} pt)"
-        )
-    return line
-
-
 def _report(trial: optuna.Trial, step: int, value: float) -> bool:
     """Write one epoch's validation value and ask Optuna's pruner whether to stop."""
     trial.report(value, step)
@@ -401,17 +369,7 @@ def drive(
     store = artifact_store(campaign)
     name_objectives(study, campaign, setup.registry.task(campaign.task.name).metric_name)
     running: dict[Any, optuna.Trial] = {}
-    columns = (
-        TextColumn("trials"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(
-            "trials", total=target, status="", completed=len(counted_trials(study))
-        )
+    with trials_bar(console, target, len(counted_trials(study))) as show:
         try:
             while True:
                 _check_stop()
@@ -438,9 +396,7 @@ def drive(
                         raise CampaignFailed(
                             f"the baseline trial failed: {frozen.user_attrs.get('fail_reason')}"
                         )
-                    progress.update(
-                        bar, completed=len(counted_trials(study)), status=_status_line(study)
-                    )
+                    show(len(counted_trials(study)), status_line(study))
         except KeyboardInterrupt:
             executor.cancel(list(running))
             for trial in running.values():

@@ -731,8 +731,7 @@ def rebuild_cut_models(
     candidate passes), so nothing is trained. Their MACs are checked against the record."""
     from rich.console import Console
 
-    from optimizer.campaign.driver import agent_endpoint, baseline_reference, prepare
-    from optimizer.device.client import Reference
+    from optimizer.campaign.driver import against_baseline, agent_endpoint, prepare
     from optimizer.device.pool import AgentPool
     from optimizer.trial.outcome import TrialRequest
     from optimizer.trial.pipeline import run_trial
@@ -748,7 +747,7 @@ def rebuild_cut_models(
     try:
         with agent_endpoint(campaign, console) as endpoint:
             setup = prepare(campaign, console, endpoint)
-            reference: Reference = baseline_reference(campaign, base)
+            against = against_baseline(campaign, base)
             for trial in trials:
                 log(f"  rebuilding cut trial {trial.number}")
                 outcome = run_trial(
@@ -761,8 +760,7 @@ def rebuild_cut_models(
                         agent_token=None,
                         device_info=setup.device_info,
                         work_dir=folder / f"rebuilt-{trial.number:05d}",
-                        baseline={"accuracy": base.user_attrs["accuracy"]},
-                        reference=reference,
+                        **against,
                         cut_speedup=math.inf,
                     )
                 )

@@ -145,6 +145,18 @@ def baseline_reference(campaign: Campaign, base: optuna.trial.FrozenTrial) -> Re
     return Reference(path, base.user_attrs.get("precision", "fp32"))
 
 
+def against_baseline(campaign: Campaign, base: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+    """A trial request's ``baseline`` (its accuracy, for the drop) and ``reference`` (its model,
+    for the paired timing); both None for the baseline itself (``base`` None), which is timed
+    against itself."""
+    if base is None:
+        return {"baseline": None, "reference": None}
+    return {
+        "baseline": {"accuracy": base.user_attrs["accuracy"]},
+        "reference": baseline_reference(campaign, base),
+    }
+
+
 def preflight(campaign: Campaign) -> Registry:
     """What the campaign file names that only the enabled plugins know, checked by them: the
     plugins themselves (PluginError for a broken one), its data source and the ``data`` settings
@@ -475,8 +487,7 @@ def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any)
         agent_token=setup.agent_token,
         device_info=setup.device_info,
         work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
-        baseline=None if is_baseline else {"accuracy": base.user_attrs["accuracy"]},
-        reference=None if is_baseline else baseline_reference(campaign, base),
+        **against_baseline(campaign, None if is_baseline else base),
         cut_speedup=cut,
         quiet_lock=setup.quiet_lock,
     )

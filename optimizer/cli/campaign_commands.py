@@ -14,8 +14,8 @@ from rich.console import Console
 from optimizer.campaign.driver import (
     CampaignFailed,
     CampaignInterrupted,
+    against_baseline,
     agent_endpoint,
-    baseline_reference,
     prepare,
     run_campaign,
 )
@@ -131,8 +131,7 @@ def _run_one(
                     agent_token=endpoint.token,
                     device_info=setup.device_info,
                     work_dir=work_dir.resolve(),
-                    baseline=None if base is None else {"accuracy": base.user_attrs["accuracy"]},
-                    reference=None if base is None else baseline_reference(campaign, base),
+                    **against_baseline(campaign, base),
                     save_weights=save_weights.resolve() if save_weights else None,
                 )
             )

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from optimizer.review.palette import BASELINE, FEASIBLE, FRONT, INFEASIBLE
+from optimizer.review.report_data import baseline_and_others
 
 
 def _hover(row: dict[str, Any]) -> str:
@@ -22,8 +23,7 @@ def plotly_figures(data: dict[str, Any]) -> dict[str, Any]:
     metric = data["metric"]
     score = data["accuracy_metric"]
     rows = data["complete_trials"]
-    base = next(r for r in rows if r["trial"] == data["baseline"]["trial"])
-    others = [r for r in rows if not r["baseline"]]
+    base, others = baseline_and_others(data)
     figures: dict[str, Any] = {}
 
     def points_of(selected: list[dict[str, Any]], name: str, color: str, **marker: Any) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.review.palette import BASELINE, FEASIBLE, FRONT, INFEASIBLE
+from optimizer.review.report_data import baseline_and_others
 
 PNG_FILES = {
     "scatter": "latency_accuracy.png",
@@ -26,8 +27,7 @@ def write_pngs(data: dict[str, Any], out: Path) -> dict[str, str]:
     metric = data["metric"]
     score = data["accuracy_metric"]
     rows = data["complete_trials"]
-    base = next(r for r in rows if r["trial"] == data["baseline"]["trial"])
-    others = [r for r in rows if not r["baseline"]]
+    base, others = baseline_and_others(data)
     written: dict[str, str] = {}
 
     def label(ax: Any, selected: list[dict[str, Any]]) -> None:

@@ -130,3 +130,10 @@ def collect(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
         }
     )
     return summary
+
+
+def baseline_and_others(data: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The baseline's row and every other complete trial's, from :func:`collect`'s data."""
+    rows = data["complete_trials"]
+    base = next(r for r in rows if r["trial"] == data["baseline"]["trial"])
+    return base, [r for r in rows if not r["baseline"]]

@@ -15,16 +15,23 @@ import uuid
 from . import API_VERSION, __version__, errors, telemetry
 from .backends import load_backend_class
 from .cache import engine_key, result_key
+from .evaluation import inputs_problem
 from .model_check import read_inputs
 
 _KEEP_SIGNATURES = 256
 
 
 class Job(object):
-    def __init__(self, model_sha, spec):
+    """A measurement, or with ``inputs`` (the bytes of an ``.npy`` batch) an evaluation, whose
+    ``outputs`` (each an ``.npy`` file's bytes) are kept with the job once it is done."""
+
+    def __init__(self, model_sha, spec, inputs=None):
         self.id = uuid.uuid4().hex
         self.model_sha = model_sha
         self.spec = spec
+        self.kind = "measure" if inputs is None else "evaluate"
+        self.inputs = inputs
+        self.outputs = []
         self.state = "queued"
         self.created_at = time.time()
         self.started_at = None
@@ -41,6 +48,7 @@ class Job(object):
     def to_dict(self, queue_position=None):
         data = {
             "job_id": self.id,
+            "kind": self.kind,
             "state": self.state,
             "model_sha256": self.model_sha,
             "spec": self.spec.to_dict(),
@@ -107,6 +115,7 @@ class Agent(object):
             },
             "backend": {"name": self.backend.name, "version": self.backend_version},
             "precisions": self.precisions,
+            "evaluates": self.backend.evaluates,
             "power_mode": snapshot.get("power_mode"),
             "jetson_clocks": snapshot.get("jetson_clocks"),
             "clocks_mhz": snapshot.get("clocks_mhz"),
@@ -162,6 +171,22 @@ class Agent(object):
             )
         return None
 
+    def evaluation_problem(self, model_sha, spec, inputs):
+        """Why an evaluation cannot run as asked, as ``(code, message)``, or None: this
+        backend must evaluate (``evaluation_unsupported``), and the inputs (an ``Npy``) must be
+        rows of the model's one input (``input_mismatch``)."""
+        if not self.backend.evaluates:
+            return (
+                "evaluation_unsupported",
+                "the %s backend times models but does not evaluate them yet; run an agent with "
+                "--backend onnxruntime for device-side outputs" % self.backend.name,
+            )
+        model = self._model_inputs(model_sha)
+        if model is None:  # no onnx package here: the job itself reports what it cannot feed
+            return None
+        problem = inputs_problem(model, inputs) or model.feed_problem(spec)
+        return None if problem is None else ("input_mismatch", problem)
+
     def _model_inputs(self, sha):
         with self._lock:
             if sha in self._inputs:
@@ -174,9 +199,10 @@ class Agent(object):
                 self._inputs.popitem(last=False)
         return inputs
 
-    def submit(self, model_sha, spec):
-        job = Job(model_sha, spec)
-        immediate = self._immediate_result(model_sha, spec)
+    def submit(self, model_sha, spec, inputs=None):
+        """Queue a measurement of the model, or with ``inputs`` an evaluation of it."""
+        job = Job(model_sha, spec, inputs)
+        immediate = self._immediate_result(model_sha, spec, results=inputs is None)
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()
@@ -189,8 +215,9 @@ class Agent(object):
             job.finish(immediate)
         return job
 
-    def _immediate_result(self, model_sha, spec):
-        """A result known without measuring: a precision this device lacks, or one cached."""
+    def _immediate_result(self, model_sha, spec, results=True):
+        """A result known without running: a precision this device lacks, or (``results``) a
+        measurement's result from the cache."""
         supported = self.precisions
         asked = [("precision", spec.precision)]
         if spec.paired:  # else a backend without its own check would time it at another one
@@ -203,7 +230,7 @@ class Agent(object):
                     % (what, precision, self.backend.name, self.device, ", ".join(supported)),
                     "cache": {"result_hit": False, "engine_hit": False},
                 }
-        if not spec.use_cache:
+        if not (results and spec.use_cache):
             return None
         cached = self.cache.get_result(
             result_key(model_sha, spec, self.backend_version, self.device)
@@ -237,7 +264,7 @@ class Agent(object):
             job.state = "running"
             job.started_at = time.time()
             try:
-                result = self._measure(job)
+                result = self._evaluate(job) if job.kind == "evaluate" else self._measure(job)
             except Exception as exc:  # the worker must survive anything
                 result = {"status": errors.INFRA_ERROR, "message": "agent error: %s" % exc}
             job.finish(result)
@@ -258,6 +285,22 @@ class Agent(object):
         shas = set(job.model_sha for job in jobs)
         shas.update(job.spec.reference["model_sha256"] for job in jobs if job.spec.paired)
         return [self.cache.model_path(sha) for sha in shas]
+
+    def _evaluate(self, job):
+        paths = {}
+        paths["model_path"], paths["engine_path"] = self._files(job.model_sha, job.spec)
+        self.cache.evict(protect=list(paths.values()) + self._queued_models())
+        result, job.outputs = self.job_process.evaluate(paths, job.spec.to_dict(), job.inputs)
+        job.inputs = None  # the job's memory is its outputs from here on
+        result.update(
+            {
+                "device": self.device,
+                "device_type": self.device_type,
+                "model_sha256": job.model_sha,
+                "measured_at": time.time(),
+            }
+        )
+        return result
 
     def _measure(self, job):
         spec = job.spec

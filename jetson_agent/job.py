@@ -1,4 +1,6 @@
-"""One measurement job, run in its own process: ``python -m jetson_agent.job REQUEST.json``.
+"""One job, run in its own process: ``python -m jetson_agent.job REQUEST.json``. A measurement
+job times a model; an evaluation job (``"kind": "evaluate"``) runs it on the client's inputs
+and writes its outputs.
 
 Isolation is the point: a model that hangs the runtime, crashes it or eats the device's memory
 takes down this process only; the agent (``supervisor.py``) enforces the build and run timeouts
@@ -18,7 +20,7 @@ import sys
 import time
 import traceback
 
-from . import errors, telemetry
+from . import errors, npy, telemetry
 from .backends import load_backend_class
 from .model_check import inspect_model
 from .paired import CALIBRATION_ITERATIONS, block_iterations, time_paired
@@ -213,6 +215,43 @@ def measure(request, phases):
     return result
 
 
+def evaluate(request, phases):
+    """Build the model exactly as a timing job with the same spec would (same engine cache
+    key), then run each input of ``inputs_path`` (an ``.npy`` batch: one row per inference, fed
+    with a batch of 1) and write output ``k``, the rows stacked, to ``outputs_dir/k.npy``."""
+    import numpy
+
+    spec = MeasureSpec.from_dict(request["spec"])
+    phases.enter("validate")
+    model = inspect_model(request["model_path"])
+    with open(request["inputs_path"], "rb") as handle:
+        inputs = npy.parse(handle.read()).to_numpy()
+    backend = load_backend_class(request["backend_target"])()
+    phases.enter("build")
+    session, build = backend.prepare(request["model_path"], model, spec, request["engine_path"])
+    try:
+        phases.enter("run")
+        rows = [session.infer(inputs[index : index + 1]) for index in range(len(inputs))]
+    finally:
+        session.close()
+    phases.enter("done")
+    outputs = []
+    for index in range(len(rows[0])):
+        stacked = numpy.concatenate([row[index] for row in rows])
+        with open(os.path.join(request["outputs_dir"], "%d.npy" % index), "wb") as handle:
+            handle.write(npy.dump_numpy(stacked))
+        outputs.append({"index": index, "shape": list(stacked.shape), "dtype": str(stacked.dtype)})
+    return {
+        "status": errors.OK,
+        "message": "",
+        "inferences": len(inputs),
+        "outputs": outputs,
+        "build": _build_info(build),
+        "peak_memory_mb": _peak_memory_mb(),
+        "backend": {"name": backend.name, "version": backend.version()},
+    }
+
+
 def _build_info(build):
     return {
         "time_s": build.build_time_s,
@@ -228,7 +267,8 @@ def main(argv=None):
     phases = _Phases()
     try:
         _limit_resources(request)
-        result = measure(request, phases)
+        run = evaluate if request.get("kind") == "evaluate" else measure
+        result = run(request, phases)
     except errors.JobError as exc:
         result = {"status": exc.status, "message": exc.message}
     except MemoryError:

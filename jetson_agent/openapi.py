@@ -327,12 +327,30 @@ def openapi_document():
                         "backend": {"type": "object"},
                         "device": {"type": "string"},
                         "device_type": {"type": "string"},
+                        "inferences": {
+                            "type": "integer",
+                            "description": "an evaluation: the rows of its inputs it ran",
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "description": "an evaluation: each output (GET "
+                            "/v1/jobs/{job_id}/outputs/{index}), the rows stacked",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "index": {"type": "integer"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "dtype": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
                 "Job": {
                     "type": "object",
                     "properties": {
                         "job_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["measure", "evaluate"]},
                         "state": {"type": "string", "enum": ["queued", "running", "done"]},
                         "queue_position": {"type": "integer"},
                         "model_sha256": {"type": "string"},
@@ -422,6 +440,74 @@ def openapi_document():
                     },
                 }
             },
+            "/v1/evaluations": {
+                "post": {
+                    "operationId": "submitEvaluation",
+                    "summary": "Queue an evaluation: the model run on the inputs sent, built as "
+                    "a timing job of the same precision would build it; its outputs are then "
+                    "GET /v1/jobs/{job_id}/outputs/{index}",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["spec", "model", "inputs"],
+                                    "properties": {
+                                        "spec": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "precision": {
+                                                    "type": "string",
+                                                    "enum": list(PRECISIONS),
+                                                },
+                                                "build_timeout_s": _timeout("build"),
+                                                "run_timeout_s": _timeout("run"),
+                                            },
+                                        },
+                                        "model": {"type": "string", "format": "binary"},
+                                        "inputs": {
+                                            "type": "string",
+                                            "format": "binary",
+                                            "description": "an .npy file (never a pickle): "
+                                            "rows of the model's one input, each fed with a "
+                                            "batch of 1; little-endian numeric dtype, C order",
+                                        },
+                                    },
+                                },
+                                "encoding": {"spec": {"contentType": "application/json"}},
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json_response("queued", "Job"),
+                        "400": dict(
+                            _ERROR,
+                            description="bad_request (a malformed body), bad_json, bad_spec, "
+                            "or bad_inputs: not an .npy file of a plain numeric array (object "
+                            "arrays, i.e. pickles, are refused), truncated, or of a dtype the "
+                            "agent does not feed",
+                        ),
+                        "401": _ERROR,
+                        "411": dict(_ERROR, description="no Content-Length, or a chunked body"),
+                        "413": dict(_ERROR, description="payload_too_large (--max-upload-mb)"),
+                        "415": _ERROR,
+                        "422": dict(
+                            _ERROR,
+                            description="input_mismatch: the inputs are not rows of the model's "
+                            "one input (element type, rank, fixed dims), or the model has "
+                            "several inputs",
+                        ),
+                        "501": dict(
+                            _ERROR,
+                            description="evaluation_unsupported: this agent's backend times "
+                            "models but does not evaluate them (GET /v1/info: evaluates)",
+                        ),
+                    },
+                }
+            },
             "/v1/models": {
                 "post": {
                     "operationId": "storeModel",
@@ -471,6 +557,42 @@ def openapi_document():
                         "400": dict(_ERROR, description="wait is not a number"),
                         "401": _ERROR,
                         "404": dict(_ERROR, description="unknown_job: never held, or forgotten"),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/outputs/{index}": {
+                "get": {
+                    "operationId": "getJobOutput",
+                    "summary": "An output of a finished evaluation, as an .npy file",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": _JOB_ID},
+                        {
+                            "name": "index",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the output, rows stacked (.npy)",
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        "401": _ERROR,
+                        "404": dict(
+                            _ERROR,
+                            description="unknown_job, no_outputs (a measurement), or "
+                            "unknown_output (no such index)",
+                        ),
+                        "409": dict(
+                            _ERROR,
+                            description="not_done (wait for the job) or job_failed (its result "
+                            "says why)",
+                        ),
                     },
                 }
             },

@@ -15,9 +15,10 @@ import socketserver
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__, multipart
+from . import __version__, multipart, npy
 from .cache import is_sha256
 from .errors import SpecError
+from .evaluation import evaluation_spec
 from .openapi import openapi_document
 from .spec import MAX_WAIT_S, MeasureSpec
 
@@ -35,9 +36,11 @@ _ROUTES = {
         (r"^/v1/openapi\.json$", "_openapi", True),
         (r"^/v1/info$", "_info", False),
         (r"^/v1/jobs/([^/]*)$", "_job", False),
+        (r"^/v1/jobs/([^/]*)/outputs/([^/]*)$", "_job_output", False),
     ),
     "POST": (
         (r"^/v1/jobs$", "_submit", False),
+        (r"^/v1/evaluations$", "_submit_evaluation", False),
         (r"^/v1/models$", "_upload_model", False),
     ),
     "HEAD": ((r"^/v1/models/([^/]*)$", "_has_model", False),),
@@ -76,11 +79,16 @@ class AgentHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         log.info("%s %s", self.address_string(), format % args)
 
-    def _send(self, status, payload=None, headers=None):
-        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+    def _send(self, status, payload=None, headers=None, raw=None):
+        """Answer ``payload`` as JSON, or ``raw`` bytes as application/octet-stream."""
+        if raw is not None:
+            body, ctype = raw, "application/octet-stream"
+        else:
+            body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+            ctype = "application/json"
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
@@ -239,12 +247,16 @@ class AgentHandler(BaseHTTPRequestHandler):
         sha = self.server.agent.cache.put_model(body)
         self._send(201, {"model_sha256": sha}, {"Location": "/v1/models/" + sha})
 
-    def _job(self, job_id):
+    def _known_job(self, job_id):
         if not _JOB_ID.match(job_id):
             raise HttpError(404, "unknown_job", "no job with id %r" % job_id[:80])
         job, position = self.server.agent.get(job_id)
         if job is None:
             raise HttpError(404, "unknown_job", "no job with id %s" % job_id)
+        return job, position
+
+    def _job(self, job_id):
+        job, position = self._known_job(job_id)
         wait = parse_qs(urlsplit(self.path).query, keep_blank_values=True).get("wait")
         if wait is not None:
             try:
@@ -257,6 +269,70 @@ class AgentHandler(BaseHTTPRequestHandler):
             job.done.wait(seconds)
             job, position = self.server.agent.get(job_id)
         self._send(200, job.to_dict(position))
+
+    def _job_output(self, job_id, index):
+        """Output ``index`` of a finished evaluation job, as an ``.npy`` file."""
+        job, _position = self._known_job(job_id)
+        if job.kind != "evaluate":
+            raise HttpError(
+                404, "no_outputs", "job %s is a measurement: it has no outputs" % job_id
+            )
+        if job.state != "done":
+            raise HttpError(409, "not_done", "job %s is %s: wait for it" % (job_id, job.state))
+        if job.result.get("status") != "ok":
+            raise HttpError(
+                409,
+                "job_failed",
+                "job %s failed (%s): %s"
+                % (job_id, job.result.get("status"), job.result.get("message")),
+            )
+        if not (_DECIMAL.match(index) and int(index) < len(job.outputs)):
+            raise HttpError(
+                404,
+                "unknown_output",
+                "no output %r: job %s has outputs 0 to %d"
+                % (index[:20], job_id, len(job.outputs) - 1),
+            )
+        self._send(200, raw=job.outputs[int(index)])
+
+    def _submit_evaluation(self):
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise HttpError(
+                415, "unsupported_media_type", "send multipart/form-data: spec, model, inputs"
+            )
+        body = self._read_body()
+        try:
+            fields = multipart.parse(body, multipart.boundary_of(ctype))
+        except multipart.MultipartError as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        if sorted(fields) != ["inputs", "model", "spec"]:
+            raise HttpError(
+                400,
+                "bad_request",
+                "an evaluation has exactly the fields 'spec', 'model' and 'inputs' (got %s)"
+                % ", ".join(repr(name[:40]) for name in sorted(fields)),
+            )
+        try:
+            inputs = npy.parse(fields["inputs"])
+        except npy.NpyError as exc:
+            raise HttpError(400, "bad_inputs", "inputs: %s" % exc) from exc
+        try:
+            spec = evaluation_spec(self._json(fields["spec"], "the spec field"), inputs)
+        except SpecError as exc:
+            raise HttpError(400, "bad_spec", str(exc)) from exc
+        agent = self.server.agent
+        sha = agent.cache.put_model(fields["model"])
+        problem = agent.evaluation_problem(sha, spec, inputs)
+        if problem is not None:
+            code, message = problem
+            raise HttpError(501 if code == "evaluation_unsupported" else 422, code, message)
+        job = agent.submit(sha, spec, inputs=fields["inputs"])
+        self._send(
+            202,
+            {"job_id": job.id, "kind": job.kind, "state": job.state, "model_sha256": sha},
+            {"Location": "/v1/jobs/" + job.id},
+        )
 
     def _submit(self):
         ctype = self.headers.get("Content-Type", "")

@@ -109,17 +109,40 @@ class JobProcess(object):
         lock, held through the run phase."""
         work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
         try:
-            return self._run_in(work, paths, spec, quiet_lock)
+            return self._run_in(work, paths, spec, quiet_lock, "measure")
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run_in(self, work, paths, spec, quiet_lock):
+    def evaluate(self, paths, spec, inputs):
+        """Run the model at ``paths`` (``model_path``, ``engine_path``), built with ``spec``, on
+        ``inputs`` (the bytes of an ``.npy`` batch); returns the job's result and the bytes of
+        each output's ``.npy`` file (none unless the job succeeded)."""
+        work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
+        try:
+            outputs_dir = os.path.join(work, "outputs")
+            os.mkdir(outputs_dir)
+            inputs_path = os.path.join(work, "inputs.npy")
+            with open(inputs_path, "wb") as handle:
+                handle.write(inputs)
+            paths = dict(paths, inputs_path=inputs_path, outputs_dir=outputs_dir)
+            result = self._run_in(work, paths, spec, None, "evaluate")
+            files = []
+            if result.get("status") == errors.OK:
+                for output in result["outputs"]:
+                    with open(os.path.join(outputs_dir, "%d.npy" % output["index"]), "rb") as f:
+                        files.append(f.read())
+            return result, files
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run_in(self, work, paths, spec, quiet_lock, kind):
         request_path = os.path.join(work, "request.json")
         result_path = os.path.join(work, "result.json")
         stderr_path = os.path.join(work, "stderr.log")
         request = dict(paths)
         request.update(
             {
+                "kind": kind,
                 "spec": spec,
                 "backend_target": self.backend_target,
                 "result_path": result_path,

@@ -31,3 +31,10 @@ class SlowBuildBackend(OnnxRuntimeBackend):
     def prepare(self, model_path, model, spec, engine_path):
         time.sleep(float(os.environ.get("SLOW_BUILD_S", "3")))
         return super().prepare(model_path, model, spec, engine_path)
+
+
+class TimingOnlyBackend(OnnxRuntimeBackend):
+    """Times models but does not evaluate them, as the TensorRT backends do today."""
+
+    name = "timing-only"
+    evaluates = False

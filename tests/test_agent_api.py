@@ -93,7 +93,9 @@ def test_openapi_document_describes_every_route(agent: RunningAgent) -> None:
     assert set(doc["paths"]) == {
         "/v1/info",
         "/v1/jobs",
+        "/v1/evaluations",
         "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/outputs/{index}",
         "/v1/models",
         "/v1/models/{sha256}",
         "/v1/openapi.json",

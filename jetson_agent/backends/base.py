@@ -136,6 +136,14 @@ class Session(object):
         milliseconds, in the order they ran."""
         raise NotImplementedError
 
+    def infer(self, batch):
+        # type: (Any) -> List[Any]
+        """Run the model once with ``batch`` (a numpy array of the shape the session was built
+        for) as its one input, and return its outputs as numpy arrays in the model's output
+        order: what an evaluation job records. Only backends with ``Backend.evaluates`` have
+        it."""
+        raise NotImplementedError
+
     def close(self):
         # type: () -> None
         """Release device memory; called once, even after a failed ``time``."""
@@ -145,6 +153,9 @@ class Backend(object):
     """A way of running ONNX models on this device (onnxruntime, trtexec, TensorRT)."""
 
     name = ""  # type: str
+    # Whether its sessions run inputs the client sends and return the outputs (``infer``):
+    # the agent accepts evaluation jobs only then, and says so in ``GET /v1/info``.
+    evaluates = False
 
     @classmethod
     def available(cls):

@@ -62,12 +62,22 @@ class OrtSession(Session):
         except Exception as exc:
             raise _classify(exc, BuildFailed) from exc
 
+    def infer(self, batch):
+        (name,) = self._feeds  # evaluation jobs are for single-input models
+        try:
+            return self._session.run(None, {name: batch})
+        except MemoryError as exc:
+            raise OutOfMemory("ran out of memory while running: %s" % exc) from exc
+        except Exception as exc:
+            raise _classify(exc, BuildFailed) from exc
+
     def close(self):
         self._session = None
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    evaluates = True
 
     def __init__(self):
         import onnxruntime

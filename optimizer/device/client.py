@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jetson_agent import multipart
+from jetson_agent import multipart, npy
 from jetson_agent.errors import CANDIDATE_FAULTS, INFRA_ERROR, OK
 
 #: The environment variable the CLI and campaigns read the agent's bearer token from.
@@ -133,8 +133,11 @@ class AgentClient:
         body: bytes | None = None,
         content_type: str | None = None,
         timeout_s: float | None = None,
-    ) -> tuple[int, JsonDict | None]:
-        headers = {"Accept": "application/json"}
+        binary: bool = False,
+    ) -> tuple[int, Any]:
+        """``(status, answer)``: the JSON answer parsed (None when empty), or with ``binary``
+        its bytes."""
+        headers = {"Accept": "application/octet-stream" if binary else "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
@@ -149,6 +152,8 @@ class AgentClient:
                     request, timeout=timeout_s or self.request_timeout_s
                 ) as response:
                     raw = response.read()
+                    if binary:
+                        return response.status, raw
                     return response.status, json.loads(raw) if raw else None
             except urllib.error.HTTPError as exc:
                 try:
@@ -233,6 +238,45 @@ class AgentClient:
                 raise
             self.upload_model(reference.path)
             return self._submit(model_path, paired)
+
+    def evaluate(
+        self,
+        model_path: Path,
+        precision: str,
+        inputs: Any,
+        on_update: Callable[[JsonDict], None] | None = None,
+    ) -> list[Any]:
+        """Run the model on the device on ``inputs`` (a numpy array: rows of its one input,
+        each fed with a batch of 1), built at ``precision`` as a timing job would build it;
+        returns each output (numpy, the rows stacked). :class:`MeasurementFailed` when the job
+        fails; the labels never leave this process."""
+        boundary = uuid.uuid4().hex.encode()
+        body = multipart.build(
+            {
+                "spec": (None, "application/json", json.dumps({"precision": precision}).encode()),
+                "model": (
+                    Path(model_path).name,
+                    "application/octet-stream",
+                    Path(model_path).read_bytes(),
+                ),
+                "inputs": ("inputs.npy", "application/octet-stream", npy.dump_numpy(inputs)),
+            },
+            boundary,
+        )
+        content_type = f"multipart/form-data; boundary={boundary.decode()}"
+        _, submitted = self._request("POST", "/v1/evaluations", body, content_type)
+        job = self.wait(submitted["job_id"], on_update)
+        result = job["result"]
+        if result.get("status") != OK:
+            raise MeasurementFailed(result)
+        return [
+            npy.parse(
+                self._request(
+                    "GET", f"/v1/jobs/{job['job_id']}/outputs/{output['index']}", binary=True
+                )[1]
+            ).to_numpy()
+            for output in result["outputs"]
+        ]
 
     def _submit(self, model_path: Path, spec: JsonDict) -> JsonDict:
         sha = sha256_file(model_path)

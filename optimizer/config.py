@@ -102,6 +102,12 @@ class ObjectiveConfig(_Strict):
     max_accuracy_drop: float = Field(ge=0, le=1, description="absolute, e.g. 0.01 = 1 point")
     max_memory_mb: float | None = Field(None, gt=0)
     latency_first_cut: bool = True
+    evaluate_on: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="where accuracy is measured: device (the agent runs the deployable engine on "
+        "the test inputs; labels stay here), host (onnxruntime here), auto (device where the "
+        "agent's backend is not onnxruntime and it evaluates, else host)",
+    )
 
 
 class ParamOverride(_Strict):

@@ -34,6 +34,7 @@ from optimizer.plugin_api import (
     Task,
     Technique,
 )
+from optimizer.plugin_api.task import onnx_rows, scores_outputs
 from optimizer.plugin_host.checks import RegisteredTechnique
 from optimizer.plugin_host.registry import plugin_registry
 
@@ -249,6 +250,7 @@ def check_task(
     images through onnxruntime) is a number equal to ``evaluate_onnx``. Returns the score."""
     import math
 
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -280,5 +282,10 @@ def check_task(
     assert float(task.evaluate_onnx(path, few)) == score, (
         f"{name}: evaluate_onnx and evaluate_onnx_metrics disagree"
     )
+    if scores_outputs(task):  # outputs as a device returns them must score as the host's do
+        rows = [output for output, _label in onnx_rows(path, few)]
+        outputs = [np.stack(rows)]
+        device = float(task.evaluate_outputs(outputs, few)[SCORE])
+        assert device == score, f"{name}: evaluate_outputs gives {device}, the host {score}"
     assert isinstance(task.metric_name, str) and task.metric_name, f"{name}: no metric_name"
     return score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -9,35 +10,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimizer.plugin_api import DataSourceBase, Splits, TaskBase, hookimpl
+from optimizer.plugin_api import SCORE, DataSourceBase, Splits, TaskBase, hookimpl
 
 from .digits import load_digits_splits
 
 
 class Classification(TaskBase):
-    """Cross-entropy; top-1 accuracy, measured on the deployable ONNX file through onnxruntime
-    (a timm model named by ``model.name``, top-1 on torch models: :class:`TaskBase`'s)."""
+    """Cross-entropy; top-1 of the deployable model's logits, run by onnxruntime on the host or
+    returned by the device (a timm model named by ``model.name``, top-1 on torch models:
+    :class:`TaskBase`'s)."""
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
 
     @staticmethod
-    def evaluate_onnx(path: Path, dataset: Any, threads: int = 1) -> float:
-        """Top-1 of the ONNX model at ``path`` on ``dataset``, one image at a time (the exported
-        graph has a static batch of 1, as deployed)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        correct = 0
-        for index in range(len(dataset)):
-            image, label = dataset[index]
-            logits = session.run(None, {name: image.unsqueeze(0).numpy().astype(np.float32)})[0]
-            correct += int(int(logits.argmax()) == int(label))
-        return correct / max(len(dataset), 1)
+    def score_rows(rows: Iterable[tuple[Any, Any]]) -> dict[str, float]:
+        """Top-1 over ``(logits, label)`` rows (the deployable file's, on the host or the
+        device)."""
+        correct = total = 0
+        for logits, label in rows:
+            correct += int(int(np.argmax(logits)) == int(label))
+            total += 1
+        return {SCORE: correct / max(total, 1)}
 
 
 def load_image_folder(path: Path, image_size: int, seed: int, val_fraction: float) -> Splits:

@@ -162,29 +162,17 @@ class Segmentation(TaskBase):
         return segmentation_metrics(matrix)["miou"] if matrix is not None else 0.0
 
     @staticmethod
-    def evaluate_onnx_metrics(path: Path, dataset: Any, threads: int = 1) -> dict[str, Any]:
-        """The score (mIoU), ``miou``, ``pixel_accuracy`` and ``per_class_iou`` of the ONNX
-        model at ``path`` on ``dataset``, one image at a time (static batch of 1)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+    def score_rows(rows: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+        """The score (mIoU), ``miou``, ``pixel_accuracy`` and ``per_class_iou`` over
+        ``(logits, label map)`` rows (the deployable file's, on the host or the device)."""
         matrix = None
-        for index in range(len(dataset)):
-            image, label = dataset[index]
-            logits = session.run(None, {name: image.unsqueeze(0).numpy().astype(np.float32)})[0]
-            counts = confusion_matrix(logits[0].argmax(axis=0), np.asarray(label), logits.shape[1])
+        for logits, label in rows:
+            counts = confusion_matrix(logits.argmax(axis=0), np.asarray(label), logits.shape[0])
             matrix = counts if matrix is None else matrix + counts
         if matrix is None:
             return {SCORE: 0.0, "miou": 0.0, "pixel_accuracy": 0.0, "per_class_iou": []}
         metrics = segmentation_metrics(matrix)
         return {SCORE: metrics["miou"], **metrics}
-
-    def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:
-        """mIoU of the ONNX model at ``path`` on ``dataset``."""
-        return float(self.evaluate_onnx_metrics(path, dataset, threads)[SCORE])
 
 
 class UavSynthetic(DataSourceBase):

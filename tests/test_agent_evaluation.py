@@ -13,8 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from agent_helpers import RunningAgent, start_agent
+from campaign_helpers import write_campaign
+from click.testing import CliRunner
 
 from jetson_agent import multipart, npy
+from optimizer.cli import main
 from optimizer.device.client import AgentClient, AgentRequestError
 from optimizer.plugin_testing import tiny_onnx
 from plugins.int8_onnxruntime import ort_quantization
@@ -164,3 +167,30 @@ def test_a_backend_that_only_times_says_so(tmp_path: Path, models: dict) -> None
         assert "times models but does not evaluate them" in payload["error"]["message"]
     finally:
         agent.stop()
+
+
+def test_vitopt_agent_evaluate_writes_outputs_and_scores_a_campaigns_split(
+    agent: RunningAgent, models: dict, tmp_path: Path
+) -> None:
+    inputs, out = tmp_path / "inputs.npy", tmp_path / "outputs.npy"
+    inputs.write_bytes(npy.dump_numpy(rows(4)))
+    runner = CliRunner()
+    model = str(models["fp32"])
+    result = runner.invoke(
+        main, ["agent", "evaluate", agent.url, model, "--inputs", str(inputs), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(
+        np.load(out), AgentClient(agent.url).evaluate(models["fp32"], "fp32", rows(4))[0]
+    )
+
+    campaign = write_campaign(tmp_path)  # digits at 16 px, 10 classes: the tiny model's input
+    result = runner.invoke(
+        main, ["agent", "evaluate", agent.url, model, "--campaign", str(campaign)]
+    )
+    assert result.exit_code == 0, result.output
+    device, host = (line.rsplit(" ", 1)[1] for line in result.output.strip().splitlines()[-2:])
+    assert result.output.count("top-1 on") == 2 and device == host
+
+    refused = runner.invoke(main, ["agent", "evaluate", agent.url, model, "--inputs", str(inputs)])
+    assert refused.exit_code == 2 and "--inputs needs --out" in refused.output

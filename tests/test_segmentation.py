@@ -256,6 +256,6 @@ def test_int8_quantization_runs_on_the_whole_seg_graph(
     out = _session(artifact.path).run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0]
     assert out.shape == (1, 6, 32, 32)
     splits = load_synthetic_splits(32)
-    metrics = Segmentation.evaluate_onnx_metrics(artifact.path, Subset(splits.test, range(8)))
+    metrics = Segmentation().evaluate_onnx_metrics(artifact.path, Subset(splits.test, range(8)))
     assert 0.0 <= metrics["score"] == metrics["miou"] <= 1.0
     assert len(metrics["per_class_iou"]) == 6 and 0.0 <= metrics["pixel_accuracy"] <= 1.0

@@ -1,4 +1,5 @@
-"""A whole segmentation campaign as a user runs it: Ray workers, the embedded agent, mIoU."""
+"""A whole segmentation campaign as a user runs it: Ray workers, the embedded agent, mIoU
+scored on the device's outputs (objective.evaluate_on: device)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ TINY_SEG = {
         "train": {"epochs": 8, "lr": 0.003, "batch_size": 32},
     },
     "data": {"source": "uav_synthetic", "image_size": 32, "calibration_size": 16},
-    "objective": {"max_accuracy_drop": 0.3, "latency_first_cut": False},
+    "objective": {"max_accuracy_drop": 0.3, "latency_first_cut": False, "evaluate_on": "device"},
     "search": {
         "seed": 0,
         "trials": 4,
@@ -71,6 +72,10 @@ def test_a_segmentation_campaign_through_ray_and_the_agent(tmp_path: Path) -> No
         and t.user_attrs["latency_p50_ms"] < attrs["latency_p50_ms"]
     ]
     assert feasible_faster, [(t.state, t.user_attrs.get("fail_reason")) for t in study.trials]
+    for trial in [t for t in study.trials if t.state == TrialState.COMPLETE]:
+        # Scored from the outputs the agent returned, equal to the host's run of the same file.
+        assert trial.user_attrs["evaluated_on"] == "device"
+        assert trial.user_attrs["device_accuracy"] == trial.user_attrs["host_accuracy"]
     for trial in feasible_faster:
         assert trial.user_attrs["accuracy"] == trial.user_attrs["miou"]
         assert trial.user_attrs["params_count"] < baseline.user_attrs["params_count"]

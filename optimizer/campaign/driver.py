@@ -50,6 +50,7 @@ from optimizer.config import Campaign, CampaignError
 from optimizer.device.client import Reference
 from optimizer.device.local_agent import AgentStartError, local_agent
 from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_agents
+from optimizer.plugin_api.task import scores_outputs
 from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import prepare_baseline
 from optimizer.trial.outcome import TrialOutcome, TrialRequest
@@ -79,6 +80,7 @@ class Setup:
     checkpoint: Path
     registry: Registry
     quiet_lock: Path | None  # the embedded agent's measurement lock (None: remote agents)
+    evaluate_on: str = "host"  # where accuracy is measured: host or device (evaluation_place)
 
     def pool_args(self) -> tuple[Any, ...]:
         """What :class:`AgentPool` is built from, wherever it lives."""
@@ -157,6 +159,28 @@ def against_baseline(campaign: Campaign, base: optuna.trial.FrozenTrial | None) 
     }
 
 
+def evaluation_place(campaign: Campaign, info: dict[str, Any], task: Any) -> tuple[str, str | None]:
+    """Where the campaign measures accuracy (``host`` or ``device``) for ``objective.evaluate_on``
+    against the agent's ``GET /v1/info``, and a note when ``auto`` falls back to the host.
+    CampaignFailed when ``device`` is asked but the agent or the task cannot do it."""
+    asked = campaign.objective.evaluate_on
+    backend = (info.get("backend") or {}).get("name", "?")
+    why_not = None
+    if not info.get("evaluates"):
+        why_not = f"the agent's {backend} backend does not evaluate models (GET /v1/info)"
+    elif not scores_outputs(task):
+        why_not = f"task {campaign.task.name} scores ONNX files only (it has no score_rows)"
+    if asked == "device":
+        if why_not is not None:
+            raise CampaignFailed(f"objective.evaluate_on: device, but {why_not}; use host")
+        return "device", None
+    if asked == "host" or backend == "onnxruntime":
+        return "host", None  # the host runs what an onnxruntime agent runs
+    if why_not is not None:
+        return "host", f"accuracy is measured on the host's onnxruntime: {why_not}"
+    return "device", None
+
+
 def preflight(campaign: Campaign) -> Registry:
     """What the campaign file names that only the enabled plugins know, checked by them: the
     plugins themselves (PluginError for a broken one), its data source and the ``data`` settings
@@ -197,6 +221,9 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     )
     for note in space.notes:
         console.print(f"[yellow]search space:[/] {note}")
+    place, note = evaluation_place(campaign, info, registry.task(campaign.task.name))
+    if note is not None:
+        console.print(f"[yellow]evaluation:[/] {note}")
     splits = load_splits(campaign)
     with baseline_training_bar(console, campaign.model.train.epochs) as on_epoch:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
@@ -218,6 +245,7 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         checkpoint=checkpoint.resolve(),
         registry=registry,
         quiet_lock=endpoint.quiet_lock,
+        evaluate_on=place,
     )
 
 
@@ -488,6 +516,7 @@ def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any)
         device_info=setup.device_info,
         work_dir=(campaign.run_dir / "trials" / f"{trial.number:05d}").resolve(),
         **against_baseline(campaign, None if is_baseline else base),
+        evaluate_on=setup.evaluate_on,
         cut_speedup=cut,
         quiet_lock=setup.quiet_lock,
     )

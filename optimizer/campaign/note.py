@@ -32,6 +32,7 @@ from optimizer.campaign.study import (
     trial_metric,
 )
 from optimizer.config import Campaign
+from optimizer.trial.outcome import DISAGREEMENT, DISAGREEMENT_ATTR
 
 _log = logging.getLogger("vitopt.study_note")
 
@@ -70,6 +71,31 @@ class _Snapshot:
         return [t for t in self._trials if states is None or t.state in states]
 
 
+def disagreements(trials: list[Any]) -> list[dict[str, Any]]:
+    """Trials whose host and device scores differ by more than the threshold (the device's
+    engine scores unlike the ONNX file the host runs)."""
+    return [
+        {
+            "trial": t.number,
+            "host": t.user_attrs["host_accuracy"],
+            "device": t.user_attrs["device_accuracy"],
+        }
+        for t in trials
+        if t.user_attrs.get(DISAGREEMENT_ATTR)
+    ]
+
+
+def disagreement_line(rows: list[dict[str, Any]]) -> str:
+    """One line on :func:`disagreements`, as the note and ``vitopt status`` print it."""
+    shown = ", ".join(
+        f"#{row['trial']} (host {pct(row['host'])}, device {pct(row['device'])})" for row in rows
+    )
+    return (
+        f"host and device scores differ by more than {points(DISAGREEMENT)} on "
+        f"{len(rows)} trial(s): {shown}; the campaign ranks by the device's"
+    )
+
+
 def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
     """The numbers a reviewer wants first; the note and ``vitopt report`` both show them."""
     snapshot: Any = _Snapshot(study)
@@ -103,6 +129,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
         "baseline": None,
         "best": None,
         "reference": reference_drift(reference_jobs(snapshot.get_trials())),
+        "disagreements": disagreements(counted),
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if base is not None:
@@ -212,6 +239,8 @@ def render_note(summary: dict[str, Any]) -> str:
     reference = summary["reference"]
     warn = "**Drift**: " if reference is not None and reference["flagged"] else ""
     lines.append(f"- {warn}**Reference latency**: {drift_line(reference)}")
+    if summary["disagreements"]:
+        lines.append(f"- **Host ≠ device**: {disagreement_line(summary['disagreements'])}")
     lines.append("")
 
     best = summary["best"]

@@ -253,3 +253,108 @@ def measure(
     Console().print(result_table(result))
     if result.get("paired"):
         click.echo(speedup_line(result["paired"]))
+
+
+@agent.command()
+@_url
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--precision",
+    type=click.Choice(agent_spec.PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="the precision the agent builds MODEL at, as a timing job would",
+)
+@click.option(
+    "--inputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=".npy file: rows of the model's one input, each run with a batch of 1",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="with --inputs: write the outputs here (.npy; several outputs: OUT.K.npy)",
+)
+@click.option(
+    "--campaign",
+    "campaign_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="score MODEL on this campaign's held-out split, on the device and on this host",
+)
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
+@_token
+def evaluate(
+    url: str,
+    model: Path,
+    precision: str,
+    inputs: Path | None,
+    out: Path | None,
+    campaign_file: Path | None,
+    timeout: float,
+    token_file: Path | None,
+) -> None:
+    """Run the ONNX MODEL on the agent at URL, built at --precision as the device deploys it,
+    on --inputs (writing the outputs to --out), or score it on a --campaign's held-out split on
+    the device and on this host side by side (labels never leave this host)."""
+    if (inputs is None) == (campaign_file is None):
+        raise click.UsageError("give --inputs (with --out) or --campaign")
+    if inputs is not None and out is None:
+        raise click.UsageError("--inputs needs --out, where the outputs are written")
+    client = _client(url, token_file, timeout)
+    try:
+        if inputs is not None:
+            from jetson_agent import npy
+
+            try:
+                array = npy.parse(inputs.read_bytes()).to_numpy()
+            except npy.NpyError as exc:
+                raise click.BadParameter(str(exc), param_hint="--inputs") from exc
+            outputs = client.evaluate(model, precision, array)
+            _write_outputs(outputs, out)
+        else:
+            _score_both_ways(client, model, precision, campaign_file)
+    except MeasurementFailed as exc:
+        raise click.ClickException(f"evaluation failed: {exc}") from exc
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _write_outputs(outputs: list[Any], out: Path) -> None:
+    from jetson_agent import npy
+
+    paths = (
+        [out] if len(outputs) == 1 else [out.with_suffix(f".{k}.npy") for k in range(len(outputs))]
+    )
+    for array, path in zip(outputs, paths, strict=True):
+        path.write_bytes(npy.dump_numpy(array))
+        click.echo(f"{path}: {'x'.join(str(d) for d in array.shape)} {array.dtype}")
+
+
+def _score_both_ways(client: AgentClient, model: Path, precision: str, campaign_file: Path) -> None:
+    from optimizer.config import CampaignError, load_campaign
+    from optimizer.plugin_api.technique import OnnxArtifact
+    from optimizer.plugin_host.registry import plugin_registry
+    from optimizer.trial.evaluation import device_outputs, scores, test_inputs
+    from optimizer.trial.outcome import DISAGREEMENT
+    from optimizer.trial.pipeline import load_splits
+
+    try:
+        campaign = load_campaign(campaign_file)
+    except CampaignError as exc:
+        raise click.ClickException(str(exc)) from exc
+    task = plugin_registry(campaign.plugins.disable).task(campaign.task.name)
+    test = load_splits(campaign).test
+    limit = int(client.info()["limits"]["max_upload_bytes"])
+    artifact = OnnxArtifact(model, precision)
+    outputs = device_outputs(client.evaluate, artifact, test_inputs(test), limit)
+    scored = scores(
+        dict(task.evaluate_onnx_metrics(artifact.path, test)),
+        dict(task.evaluate_outputs(outputs, test)),
+    )
+    metric = task.metric_name
+    click.echo(f"{metric} on the device ({precision}): {scored['device_accuracy'] * 100:.2f}%")
+    click.echo(f"{metric} on this host (onnxruntime): {scored['host_accuracy'] * 100:.2f}%")
+    if scored["accuracy_disagreement"]:
+        raise click.ClickException(
+            f"the device and this host differ by more than {DISAGREEMENT * 100:.1f} points"
+        )

@@ -132,6 +132,7 @@ def _run_one(
                     device_info=setup.device_info,
                     work_dir=work_dir.resolve(),
                     **against_baseline(campaign, base),
+                    evaluate_on=setup.evaluate_on,
                     save_weights=save_weights.resolve() if save_weights else None,
                 )
             )

@@ -8,6 +8,7 @@ import click
 from optuna.trial import TrialState
 from rich.console import Console
 
+from optimizer.campaign.note import disagreement_line, disagreements
 from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
     baseline_trial,
@@ -81,4 +82,7 @@ def status(campaign_file: Path, top: int, number: int | None, storage: str | Non
     console.print(nodes_table(finished))
     if best is None:
         console.print("[yellow]no feasible candidate yet[/]")
+    flagged = disagreements(trials)
+    if flagged:
+        console.print(f"[bold red]{disagreement_line(flagged)}[/]", soft_wrap=True)
     print_failures(console, failure_reasons(trials))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,6 +215,22 @@ class PooledMeasurement:
     def __call__(
         self, model_path: Path, spec: dict[str, Any], reference: Reference | None = None
     ) -> dict[str, Any]:
+        """The ``ok`` result of a measurement, with the ``agent_url`` that measured it."""
+        result, url = self._on_an_agent(
+            lambda client: client.measure(model_path, spec, reference=reference)
+        )
+        result["agent_url"] = url
+        return result
+
+    def evaluate(self, model_path: Path, precision: str, inputs: Any) -> list[Any]:
+        """The model's outputs on ``inputs`` (:meth:`AgentClient.evaluate`); the agent that ran
+        them is in :attr:`log`."""
+        outputs, _url = self._on_an_agent(
+            lambda client: client.evaluate(model_path, precision, inputs)
+        )
+        return outputs
+
+    def _on_an_agent(self, job: Callable[[AgentClient], Any]) -> tuple[Any, str]:
         failed = 0
         last: str | None = None
         waiting_since = time.monotonic()
@@ -226,9 +243,7 @@ class PooledMeasurement:
                 continue
             error: str | None = None
             try:
-                result = AgentClient(url, self.token, retries=2).measure(
-                    model_path, spec, reference=reference
-                )
+                result = job(AgentClient(url, self.token, retries=2))
             except MeasurementFailed as exc:
                 if exc.status != INFRA_ERROR:
                     self.log.append({"agent": url, "error": None, "status": exc.status})
@@ -245,8 +260,7 @@ class PooledMeasurement:
                 self.lease.release(url, error)
             if error is None:
                 self.log.append({"agent": url, "error": None, "status": "ok"})
-                result["agent_url"] = url
-                return result
+                return result, url
             self.log.append({"agent": url, "error": error[:500], "status": INFRA_ERROR})
             failed += 1
             last = url
@@ -255,7 +269,7 @@ class PooledMeasurement:
         raise MeasurementFailed(
             {
                 "status": INFRA_ERROR,
-                "message": f"no agent could measure it ({failed} failed, waited up to "
+                "message": f"no agent could run it ({failed} failed, waited up to "
                 f"{self.wait_healthy_s:g} s for a healthy one): {errors or 'none was healthy'}",
             }
         )

@@ -18,7 +18,7 @@ whether it will train anything.
 
 from .data_source import DataSource, DataSourceBase, Splits
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT, hookimpl
-from .task import DEFAULT_METRIC, SCORE, Task, TaskBase
+from .task import DEFAULT_METRIC, SCORE, Task, TaskBase, onnx_rows, scores_outputs
 from .technique import (
     STAGES,
     CalibrationMethod,
@@ -51,4 +51,6 @@ __all__ = [
     "Technique",
     "TrialPruned",
     "hookimpl",
+    "onnx_rows",
+    "scores_outputs",
 ]

@@ -7,8 +7,11 @@ higher is better), and optionally its own architecture. The campaign's ``task.na
 on. The built-ins are ``classification`` (top-1) and ``segmentation`` (mIoU).
 
 Subclass :class:`TaskBase`: it gives the optional members their defaults, so a task writes only
-:meth:`~Task.loss` and :meth:`~Task.evaluate_onnx`. A registered object that lacks a member of
-:class:`Task` stops the campaign before any trial, naming the plugin and the member.
+:meth:`~Task.loss` and either :meth:`TaskBase.score_rows` (its score from the model's output and
+the label of each example: then it is scored alike on the host's onnxruntime and on the outputs
+the device's engine returns, ``objective.evaluate_on: device``) or :meth:`~Task.evaluate_onnx`
+(the host only). A registered object that lacks a member of :class:`Task` stops the campaign
+before any trial, naming the plugin and the member.
 
 Stability: :class:`Task` gains no required member; :class:`TaskBase` gives every new one a
 default.
@@ -17,7 +20,7 @@ default.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -76,6 +79,13 @@ class Task(Protocol):
         attributes (segmentation: per-class IoU, pixel accuracy)."""
         ...
 
+    def evaluate_outputs(self, outputs: Sequence[Any], dataset: Any) -> Mapping[str, Any]:
+        """What :meth:`evaluate_onnx_metrics` gives, from the model's ``outputs`` on
+        ``dataset`` as the device returned them (numpy arrays, one row per example, in the
+        dataset's order): how a campaign with ``objective.evaluate_on: device`` scores the
+        engine that ships. ``NotImplementedError`` for a task that scores ONNX files only."""
+        ...
+
 
 class TaskBase:
     """Defaults for :class:`Task`'s optional members: a timm model named by ``model.name``,
@@ -115,15 +125,61 @@ class TaskBase:
 
         return torch_accuracy(model, loader)
 
-    def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:
+    def score_rows(self, rows: Iterable[tuple[Any, Any]]) -> Mapping[str, Any]:
+        """The score (under ``"score"``) and any figures beside it, from ``(output, label)``
+        pairs: each example's row of the model's first output (a numpy array) and its label.
+        Write this, and the task is scored on the host and on the device alike."""
         raise NotImplementedError(
-            f"{type(self).__name__} must define evaluate_onnx(path, dataset, threads)"
+            f"{type(self).__name__} must define score_rows(rows) or evaluate_onnx(path, dataset)"
         )
+
+    def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:
+        if not scores_outputs(self):
+            raise NotImplementedError(
+                f"{type(self).__name__} must define score_rows(rows) or evaluate_onnx(path, "
+                "dataset, threads)"
+            )
+        return float(self.score_rows(onnx_rows(path, dataset, threads))[SCORE])
 
     def evaluate_onnx_metrics(
         self, path: Path, dataset: Any, threads: int = 1
     ) -> Mapping[str, Any]:
+        if scores_outputs(self):
+            return self.score_rows(onnx_rows(path, dataset, threads))
         return {SCORE: self.evaluate_onnx(path, dataset, threads)}
+
+    def evaluate_outputs(self, outputs: Sequence[Any], dataset: Any) -> Mapping[str, Any]:
+        if not scores_outputs(self):
+            raise NotImplementedError(
+                f"{type(self).__name__} scores ONNX files only (it has no score_rows): it cannot "
+                "score the device's outputs; set objective.evaluate_on: host"
+            )
+        labels = (dataset[index][1] for index in range(len(dataset)))
+        return self.score_rows(zip(outputs[0], labels, strict=True))
+
+
+def scores_outputs(task: object) -> bool:
+    """Whether ``task`` scores model outputs (:meth:`TaskBase.score_rows`), hence the outputs
+    the device returns, not only ONNX files it runs on the host itself."""
+    own = getattr(type(task), "score_rows", None)
+    return own is not None and own is not TaskBase.score_rows
+
+
+def onnx_rows(path: Path, dataset: Any, threads: int = 1) -> Iterator[tuple[Any, Any]]:
+    """``(output, label)`` for each example of ``dataset``, the output being its row of the
+    first output of the ONNX model at ``path``, run by onnxruntime on the host's CPU one example
+    at a time (the exported graph has a static batch of 1, as deployed)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for index in range(len(dataset)):
+        example, label = dataset[index]
+        feed = np.asarray(example, dtype=np.float32)[None]
+        yield session.run(None, {name: feed})[0][0], label
 
 
 def missing_members(task: object) -> list[str]:

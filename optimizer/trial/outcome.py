@@ -16,6 +16,10 @@ ShouldPrune = Callable[[int, float], bool]
 # Each job's reference timing, a trial attribute: [{"at": when, "latency_ms": the reference's
 # own objective.metric (p50 by default)}].
 REFERENCE_JOBS_ATTR = "reference_jobs"
+# A trial scored on the device and on the host, the two further apart than DISAGREEMENT (0.5
+# points of a fraction score): flagged in this attribute, the study note and vitopt status.
+DISAGREEMENT = 0.005
+DISAGREEMENT_ATTR = "accuracy_disagreement"
 
 
 @dataclass
@@ -35,6 +39,9 @@ class TrialRequest:
     cut_speedup: float | None = None  # best feasible speedup so far (latency-first cut)
     quiet_lock: Path | None = None  # the embedded agent's lock folder, on the driver's host
     save_weights: Path | None = None  # write the final torch weights here (safetensors)
+    # Where the accuracy is measured: "host" (onnxruntime here) or "device" (the agent runs the
+    # deployable engine on the test inputs), as the driver decided for the campaign.
+    evaluate_on: str = "host"
 
 
 @dataclass

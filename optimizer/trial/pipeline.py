@@ -36,6 +36,7 @@ from optimizer.plugin_api.task import SCORE
 from optimizer.plugin_api.technique import OnnxArtifact, StageContext, TrialPruned
 from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import load_model, load_teacher
+from optimizer.trial.evaluation import device_outputs, scores, test_inputs
 from optimizer.trial.export import export_onnx
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
 from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
@@ -323,15 +324,22 @@ def _run(
     # A task may report more than its score (segmentation: per-class IoU, pixel accuracy):
     # ``evaluate_onnx_metrics`` returns them with the score under SCORE.
     with colocation.step():
-        extra = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
-    accuracy = float(extra.pop(SCORE))
+        host = dict(ctx.task.evaluate_onnx_metrics(artifact.path, splits.test))
+    device = None
+    if request.evaluate_on == "device":
+        limit = int(request.device_info["limits"]["max_upload_bytes"])
+        inputs = test_inputs(splits.test)
+        outputs = device_outputs(measure.pooled.evaluate, artifact, inputs, limit)
+        device = dict(ctx.task.evaluate_outputs(outputs, splits.test))
+    scored = scores(host, device)
+    extra = {key: value for key, value in (device or host).items() if key != SCORE}
+    accuracy = scored["accuracy"]
     outcome.state = "COMPLETE"
     outcome.accuracy = accuracy
     outcome.attrs.update(_latency_attrs(result))
     outcome.attrs.update(_paired_attrs(result))
     outcome.attrs.update(
         {
-            "accuracy": accuracy,
             "precision": artifact.precision,
             "model_size_bytes": onnx_size_bytes(artifact.path),
             "peak_memory_mb": result.get("peak_memory_mb"),
@@ -345,6 +353,7 @@ def _run(
         }
     )
     outcome.attrs["accuracy_metric"] = ctx.task.metric_name  # what "accuracy" means
+    outcome.attrs.update(scored)
     outcome.attrs.update(extra)
     if request.baseline is not None:
         outcome.attrs["accuracy_drop"] = request.baseline["accuracy"] - accuracy

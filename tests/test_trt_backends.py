@@ -95,6 +95,10 @@ if rc == 0 and mode == "build":
         handle.write(b"serialized engine")
 if rc == 0 and mode == "run" and step.get("times") and option("--exportTimes"):
     shutil.copy(step["times"], option("--exportTimes"))
+if rc == 0 and mode == "run" and step.get("outputs") and option("--exportOutput"):
+    shutil.copy(step["outputs"], option("--exportOutput"))
+if option("--loadInputs"):  # kept for the test to read: what the engine was fed
+    shutil.copy(option("--loadInputs").rsplit(":", 1)[1], config["last_input"])
 sys.exit(rc)
 """
 
@@ -114,6 +118,7 @@ class FakeTrtexec:
         self.config = {
             "argv_log": str(self.argv_log),
             "pid_file": str(self.pid_file),
+            "last_input": str(self.dir / "last_input.bin"),
             "help": {"stdout": str(FIXTURES / version_fixture)},
         }
         self.save()
@@ -121,7 +126,7 @@ class FakeTrtexec:
     def on(self, mode, stdout, **extra):
         step = {"stdout": str(FIXTURES / stdout)}
         for key, value in extra.items():
-            step[key] = str(FIXTURES / value) if key == "times" else value
+            step[key] = str(FIXTURES / value) if key in ("times", "outputs") else value
         self.config[mode] = step
         self.save()
 
@@ -334,6 +339,48 @@ def test_trt82_build_flags_and_timed_run(tmp_path, model_file):
         workdir = session.workdir
         session.close()
     assert not os.path.exists(workdir)
+
+
+def test_trtexec_evaluation_feeds_a_row_and_reads_the_exported_outputs(tmp_path, model_file):
+    import numpy as np
+
+    fake, backend = make_backend(tmp_path, NANO, "trt82_nano_version.txt")
+    fake.on("build", "trt82_nano_build.txt")
+    fake.on("run", "trt82_nano_run.txt", outputs="trt82_output.json")
+    engine = tmp_path / "engines" / "model.engine"
+    assert backend.evaluates
+    session, _ = backend.prepare(model_file, STATIC, spec(precision="fp16"), str(engine))
+    try:
+        row = np.arange(3 * 32 * 32, dtype=np.float32).reshape(1, 3, 32, 32)
+        (logits,) = session.infer(row)
+        (run,) = fake.calls_of("run")
+        fed = run[5]
+        assert run[:5] == [
+            f"--loadEngine={engine}",
+            "--warmUp=0",
+            "--iterations=1",
+            "--duration=0",
+            "--avgRuns=1",
+        ]
+        assert fed.startswith("--loadInputs=input:") and fed.endswith(".bin")
+        assert run[6].startswith("--exportOutput=") and len(run) == 7  # a static model
+        assert (fake.dir / "last_input.bin").read_bytes() == row.tobytes()
+        recorded = json.loads((FIXTURES / "trt82_output.json").read_text())[0]
+        assert logits.dtype == np.float32 and logits.shape == (1, 10)
+        assert logits.ravel().tolist() == pytest.approx(recorded["values"], rel=1e-6)
+        assert int(logits.argmax()) == 3
+    finally:
+        session.close()
+
+
+def test_an_export_that_does_not_fill_its_dimensions_is_an_infra_error():
+    from jetson_agent.backends.trtexec import parse_export_output
+
+    record = {"name": "output", "dimensions": "1x10", "values": [1.0, 2.0]}
+    with pytest.raises(InfraError, match="exported 2 values for output output of dimensions 1x10"):
+        parse_export_output([record])
+    (two_by_three,) = parse_export_output([dict(record, dimensions="2x3", values=list(range(6)))])
+    assert two_by_three.shape == (2, 3)
 
 
 def test_engine_cache_hit_skips_the_build(tmp_path, model_file):

@@ -47,6 +47,18 @@ Run phase (``Session.time``)::
   median = .., percentile(99%) = ..``; 8.5+ print percentiles 90, 95 and 99) is parsed and
   checked against the export: a count or mean that disagrees is an infrastructure error, not a
   measurement.
+
+Evaluation (``Session.infer``), one trtexec process per input row::
+
+    trtexec --loadEngine=E --warmUp=0 --iterations=1 --duration=0 --avgRuns=1
+            --loadInputs=NAME:ROW.bin --exportOutput=OUT.json [--shapes=S]
+
+* the row is written raw (little-endian, the input's dtype), as ``--loadInputs`` reads it; a
+  name holding ``:`` or ``,`` is single-quoted, as trtexec's grammar allows;
+* ``--exportOutput`` (``exportJSONOutput``) writes one record per output binding with its
+  ``"dimensions"`` (``1x10``) and ``"values"``, printed with 6 significant digits; they are read
+  back as float32. A process per row makes this the slow path (the engine is deserialized each
+  time); the TensorRT Python backend keeps one engine for all rows.
 """
 
 import contextlib
@@ -161,6 +173,37 @@ def run_command(binary, engine_path, warmup, iterations, duration_s, export_path
     if shapes:
         argv.append("--shapes=%s" % shapes)
     return argv
+
+
+def infer_command(binary, engine_path, input_name, input_path, output_path, shapes):
+    """argv of one inference on the raw input file ``input_path``, its outputs exported as JSON
+    to ``output_path``."""
+    quoted = "'%s'" % input_name if (":" in input_name or "," in input_name) else input_name
+    argv = [binary, "--loadEngine=%s" % engine_path, "--warmUp=0", "--iterations=1"]
+    argv.extend(["--duration=0", "--avgRuns=1"])
+    argv.extend(["--loadInputs=%s:%s" % (quoted, input_path), "--exportOutput=%s" % output_path])
+    if shapes:
+        argv.append("--shapes=%s" % shapes)
+    return argv
+
+
+def parse_export_output(records):
+    """The arrays of an ``--exportOutput`` file (``exportJSONOutput``: one record per output
+    binding, ``"dimensions": "1x10"`` and the values, printed with 6 significant digits), in
+    the file's order, as float32."""
+    import numpy
+
+    outputs = []
+    for record in records:
+        dims = [int(d) for d in str(record["dimensions"]).split("x") if d]
+        values = numpy.asarray(record["values"], dtype=numpy.float32)
+        if values.size != int(numpy.prod(dims)):
+            raise InfraError(
+                "trtexec exported %d values for output %s of dimensions %s"
+                % (values.size, record.get("name"), record["dimensions"])
+            )
+        outputs.append(values.reshape(dims))
+    return outputs
 
 
 def format_command(argv):
@@ -312,10 +355,11 @@ def select_timed(computes, starts, warmup, iterations, duration_s):
 class TrtexecSession(Session):
     cold_start = True  # one trtexec process per time() call
 
-    def __init__(self, binary, engine_path, shapes, workdir, run_timeout_s, environ):
+    def __init__(self, binary, engine_path, shapes, workdir, run_timeout_s, environ, input_name):
         self.binary = binary
         self.engine_path = engine_path
         self.shapes = shapes
+        self.input_name = input_name  # None when the onnx package could not read the model
         self.workdir = workdir
         self.run_timeout_s = run_timeout_s
         self.environ = environ
@@ -324,13 +368,9 @@ class TrtexecSession(Session):
         self.last_summary = {}  # trtexec's "Performance summary" of the last run
         self.last_prolog = {}
 
-    def time(self, warmup, iterations, duration_s):
-        self.runs += 1
-        export_path = os.path.join(self.workdir, "times-%d.json" % self.runs)
+    def _run(self, argv):
+        """Run trtexec (run ``self.runs``); the text of its log, or its typed failure."""
         log_path = os.path.join(self.workdir, "run-%d.log" % self.runs)
-        argv = run_command(
-            self.binary, self.engine_path, warmup, iterations, duration_s, export_path, self.shapes
-        )
         self.last_command = argv
         returncode = run_logged(
             argv, log_path, self.run_timeout_s, RunTimeout, env=self.environ, cwd=self.workdir
@@ -338,6 +378,15 @@ class TrtexecSession(Session):
         text = read_text(log_path)
         if returncode != 0 or "&&&& FAILED" in text:
             raise classify_failure(text, returncode, phase="run")
+        return text
+
+    def time(self, warmup, iterations, duration_s):
+        self.runs += 1
+        export_path = os.path.join(self.workdir, "times-%d.json" % self.runs)
+        argv = run_command(
+            self.binary, self.engine_path, warmup, iterations, duration_s, export_path, self.shapes
+        )
+        text = self._run(argv)
         prolog = parse_prolog(text)
         summary = parse_performance_summary(text)
         self.last_prolog, self.last_summary = prolog, summary
@@ -360,12 +409,35 @@ class TrtexecSession(Session):
             )
         return select_timed(computes, starts, warmup, iterations, duration_s)
 
+    def infer(self, batch):
+        """One trtexec process per inference: the row written raw (``--loadInputs``), the
+        outputs read back from ``--exportOutput`` (6 significant digits: ties closer than that
+        can flip a top-1)."""
+        if self.input_name is None:
+            raise InfraError("evaluating with trtexec needs the onnx package to name the input")
+        self.runs += 1
+        input_path = os.path.join(self.workdir, "input-%d.bin" % self.runs)
+        output_path = os.path.join(self.workdir, "output-%d.json" % self.runs)
+        with open(input_path, "wb") as handle:
+            handle.write(batch.tobytes())
+        argv = infer_command(
+            self.binary, self.engine_path, self.input_name, input_path, output_path, self.shapes
+        )
+        self._run(argv)
+        try:
+            with open(output_path, "r") as handle:
+                records = json.load(handle)
+        except (IOError, OSError, ValueError) as exc:
+            raise InfraError("trtexec wrote no readable --exportOutput file (%s)" % exc) from exc
+        return parse_export_output(records)
+
     def close(self):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class TrtexecBackend(Backend):
     name = "trtexec"
+    evaluates = True
 
     def __init__(self, binary=None, proc_root="/", environ=None, workspace_mib=None):
         self._environ = dict(os.environ if environ is None else environ)
@@ -492,8 +564,9 @@ class TrtexecBackend(Backend):
                 "warm-up; latency = GPU compute time (computeMs) of each iteration]"
                 % (format_command(run_preview), spec.warmup)
             )
+            input_name = model.inputs[0][0] if model is not None and model.inputs else None
             session = TrtexecSession(
-                binary, engine_path, shapes, workdir, run_timeout, self._environ
+                binary, engine_path, shapes, workdir, run_timeout, self._environ, input_name
             )
             return session, BuildInfo(build_time_s, cache_hit, "; ".join(parts))
         except BaseException:

@@ -34,7 +34,7 @@ class SlowBuildBackend(OnnxRuntimeBackend):
 
 
 class TimingOnlyBackend(OnnxRuntimeBackend):
-    """Times models but does not evaluate them, as the TensorRT backends do today."""
+    """Times models but does not evaluate them (a backend without `infer`)."""
 
     name = "timing-only"
     evaluates = False

@@ -1,4 +1,4 @@
-"""The two TensorRT backends.
+"""The two TensorRT backends, timing and evaluating.
 
 trtexec: its real subprocess path runs against a fake ``trtexec`` (a script this file writes) that
 replays recorded trtexec output from ``tests/fixtures/trtexec`` (see the README there), writes the
@@ -911,6 +911,72 @@ def test_v2_session_times_each_iteration_with_events():
     finally:
         session.close()
     assert ("close",) in cuda.calls
+
+
+class MemoryCuda(FakeCuda):
+    """A stand-in CUDA runtime with device memory: each allocation is a bytearray, and the
+    host-device copies move bytes in and out of it."""
+
+    def __init__(self):
+        FakeCuda.__init__(self)
+        self.memory = {}
+
+    def malloc(self, nbytes):
+        ptr = FakeCuda.malloc(self, nbytes)
+        self.memory[ptr] = bytearray(nbytes)
+        return ptr
+
+    def to_device(self, ptr, array):
+        self.calls.append(("to_device", ptr, array.dtype.name))
+        self.memory[ptr][:] = array.tobytes()
+
+    def to_host(self, array, ptr):
+        self.calls.append(("to_host", ptr))
+        array.view("uint8").reshape(-1)[:] = memoryview(bytes(self.memory[ptr]))
+
+
+class DoublingContext(V2Context):
+    """Runs a stand-in model: the output is the first 10 input values doubled."""
+
+    def __init__(self, cuda):
+        V2Context.__init__(self)
+        self.cuda = cuda
+
+    def execute_async_v2(self, bindings, stream):
+        import numpy as np
+
+        source, target = bindings
+        values = np.frombuffer(bytes(self.cuda.memory[source]), np.float32)
+        self.cuda.memory[target][:] = (values[:10] * 2).tobytes()
+        return V2Context.execute_async_v2(self, bindings, stream)
+
+
+def test_python_api_evaluation_copies_the_row_in_and_the_outputs_out():
+    import numpy as np
+
+    cuda = MemoryCuda()
+    engine = V2Engine()
+    engine.create_execution_context = lambda: DoublingContext(cuda)
+    session = TensorRTSession(
+        TRT_STANDIN, (8, 2, 1), engine, cuda, {"input": [1, 3, 32, 32]}, _Obj(lines=[])
+    )
+    try:
+        row = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float64)
+        (output,) = session.infer(row)
+        assert output.shape == (1, 10) and output.dtype == np.float32
+        assert np.array_equal(output.ravel(), row.astype(np.float32).ravel()[:10] * 2)
+        copies = [call for call in cuda.calls if call[0] in ("to_device", "to_host", "sync")]
+        input_ptr, output_ptr = session.buffers.bindings
+        # the row cast to the engine's float32 input, run, synchronized, then read back
+        assert copies[:3] == [
+            ("to_device", input_ptr, "float32"),
+            ("sync",),
+            ("to_host", output_ptr),
+        ]
+        with pytest.raises(InfraError, match="takes \\[1, 3, 32, 32\\]"):
+            session.infer(np.zeros((1, 3, 16, 16), np.float32))
+    finally:
+        session.close()
 
 
 class TaggedCuda(FakeCuda):

@@ -65,6 +65,16 @@ _DTYPE_SIZES = {
     "FP4": 1,
 }
 _FLOAT_DTYPES = ("FLOAT", "HALF", "BF16")
+# TensorRT data types an evaluation feeds and reads, as numpy dtypes.
+_NUMPY_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +128,12 @@ def volume(shape):
             raise InfraError("tensor shape %s is still dynamic" % (list(shape),))
         total *= dim
     return total
+
+
+def _numpy_dtype(name):
+    if name not in _NUMPY_DTYPES:
+        raise InfraError("an evaluation cannot feed or read TensorRT type %s" % name)
+    return _NUMPY_DTYPES[name]
 
 
 def fill_byte(dtype):
@@ -197,6 +213,14 @@ class _CudaPython(object):
     def memset(self, ptr, value, nbytes):
         self._call("cudaMemset", ptr, int(value), int(nbytes))
 
+    def to_device(self, ptr, array):
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call("cudaMemcpy", ptr, array.ctypes.data, array.nbytes, kind)
+
+    def to_host(self, array, ptr):
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call("cudaMemcpy", array.ctypes.data, ptr, array.nbytes, kind)
+
     def stream_create(self):
         return self._call("cudaStreamCreate")
 
@@ -261,6 +285,12 @@ class _PyCuda(object):
     def memset(self, ptr, value, nbytes):
         self._guard("memset_d8", self.drv.memset_d8, ptr, int(value), int(nbytes))
 
+    def to_device(self, ptr, array):
+        self._guard("memcpy_htod", self.drv.memcpy_htod, ptr, array)
+
+    def to_host(self, array, ptr):
+        self._guard("memcpy_dtoh", self.drv.memcpy_dtoh, array, ptr)
+
     def stream_create(self):
         return self.drv.Stream()
 
@@ -308,6 +338,7 @@ class _CudaCtypes(object):
         lib.cudaMalloc.argtypes = [ctypes.POINTER(vp), ctypes.c_size_t]
         lib.cudaFree.argtypes = [vp]
         lib.cudaMemset.argtypes = [vp, ctypes.c_int, ctypes.c_size_t]
+        lib.cudaMemcpy.argtypes = [vp, vp, ctypes.c_size_t, ctypes.c_int]
         lib.cudaStreamCreate.argtypes = [ctypes.POINTER(vp)]
         lib.cudaStreamSynchronize.argtypes = [vp]
         lib.cudaStreamDestroy.argtypes = [vp]
@@ -341,6 +372,15 @@ class _CudaCtypes(object):
         self._check(
             "cudaMemset", self.lib.cudaMemset(ctypes.c_void_p(ptr), int(value), int(nbytes))
         )
+
+    def _memcpy(self, dst, src, nbytes, kind):
+        self._check("cudaMemcpy", self.lib.cudaMemcpy(dst, src, nbytes, kind))
+
+    def to_device(self, ptr, array):  # cudaMemcpyHostToDevice = 1
+        self._memcpy(ctypes.c_void_p(ptr), ctypes.c_void_p(array.ctypes.data), array.nbytes, 1)
+
+    def to_host(self, array, ptr):  # cudaMemcpyDeviceToHost = 2
+        self._memcpy(ctypes.c_void_p(array.ctypes.data), ctypes.c_void_p(ptr), array.nbytes, 2)
 
     def stream_create(self):
         return self._out_handle("cudaStreamCreate")
@@ -489,7 +529,7 @@ class IOBuffers(object):
         self.api = api
         self.pointers = []
         self.bindings = None
-        self.described = []  # (name, shape, nbytes, is_input)
+        self.tensors = []  # (name, shape, dtype name, device pointer, nbytes, is_input)
         if api == "v3":
             self._bind_v3(trt, engine, context, shapes)
         else:
@@ -506,7 +546,7 @@ class IOBuffers(object):
         self.pointers.append(ptr)
         if is_input and nbytes:
             self.cuda.memset(ptr, fill_byte(dtype), nbytes)
-        self.described.append((name, list(shape), nbytes, is_input))
+        self.tensors.append((name, list(shape), dtype_name(dtype), ptr, nbytes, is_input))
         return ptr
 
     def _bind_v3(self, trt, engine, context, shapes):
@@ -624,6 +664,33 @@ class TensorRTSession(Session):
             latencies.append(self._timed_once())
         return latencies
 
+    def infer(self, batch):
+        """Copy ``batch`` into the engine's one input (cast to its dtype: an fp16-I/O engine
+        takes halves), run once, and copy every output back (halves widened to float32)."""
+        import numpy
+
+        inputs = [tensor for tensor in self.buffers.tensors if tensor[5]]
+        if len(inputs) != 1:
+            raise InfraError("an evaluation feeds one input; the engine has %d" % len(inputs))
+        name, shape, dtype, ptr, nbytes, _ = inputs[0]
+        fed = numpy.ascontiguousarray(batch, dtype=_numpy_dtype(dtype))
+        if fed.nbytes != nbytes:
+            raise InfraError(
+                "input %r takes %s (%d bytes); the row has shape %s"
+                % (name, shape, nbytes, list(fed.shape))
+            )
+        self.cuda.to_device(ptr, fed)
+        self._enqueue()
+        self.cuda.stream_sync(self.stream)
+        outputs = []
+        for _name, out_shape, out_dtype, out_ptr, _nbytes, is_input in self.buffers.tensors:
+            if is_input:
+                continue
+            host = numpy.empty(out_shape, dtype=_numpy_dtype(out_dtype))
+            self.cuda.to_host(host, out_ptr)
+            outputs.append(host.astype(numpy.float32) if out_dtype == "HALF" else host)
+        return outputs
+
     def close(self):
         if self.stream is not None:
             with contextlib.suppress(Exception):
@@ -647,6 +714,7 @@ class TensorRTSession(Session):
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    evaluates = True
 
     def __init__(self, proc_root="/", environ=None, workspace_mib=None):
         self._proc_root = proc_root

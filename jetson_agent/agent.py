@@ -143,7 +143,7 @@ class Agent(object):
         the candidate's inputs (``input_mismatch``); a paired job's reference must be a model
         the agent holds (``unknown_reference``), fed the same inputs (``reference_mismatch``).
         Models the agent cannot read here pass: the job reports them itself."""
-        ours = self._model_inputs(model_sha)
+        ours = self.model_inputs(model_sha)
         problem = ours.feed_problem(spec) if ours is not None else None
         if problem is not None:
             return "input_mismatch", problem
@@ -155,7 +155,7 @@ class Agent(object):
                 "unknown_reference",
                 "no reference model with sha256 %s: upload it (POST /v1/models)" % reference,
             )
-        theirs = self._model_inputs(reference)
+        theirs = self.model_inputs(reference)
         if ours is None or theirs is None:
             return None
         reference_spec = spec.for_reference()
@@ -181,13 +181,14 @@ class Agent(object):
                 "the %s backend times models but does not evaluate them yet; run an agent with "
                 "--backend onnxruntime for device-side outputs" % self.backend.name,
             )
-        model = self._model_inputs(model_sha)
+        model = self.model_inputs(model_sha)
         if model is None:  # no onnx package here: the job itself reports what it cannot feed
             return None
         problem = inputs_problem(model, inputs) or model.feed_problem(spec)
         return None if problem is None else ("input_mismatch", problem)
 
-    def _model_inputs(self, sha):
+    def model_inputs(self, sha):
+        """The model's inputs (``ModelInputs``, remembered per model), or None unreadable."""
         with self._lock:
             if sha in self._inputs:
                 self._inputs.move_to_end(sha)

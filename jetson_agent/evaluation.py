@@ -18,11 +18,13 @@ from .spec import MeasureSpec
 FIELDS = ("precision", "build_timeout_s", "run_timeout_s")
 
 
-def evaluation_spec(data, inputs):
-    # type: (object, object) -> MeasureSpec
+def evaluation_spec(data, inputs, model=None):
+    # type: (object, object, object) -> MeasureSpec
     """The build spec of an evaluation asked with ``data`` (its JSON spec) on ``inputs`` (an
-    :class:`~jetson_agent.npy.Npy`): the precision and timeouts it gives, the input shape of one
-    row with a batch of 1. :class:`SpecError` for a bad spec."""
+    :class:`~jetson_agent.npy.Npy`) for ``model`` (its ``ModelInputs``, None when unknown): the
+    precision and timeouts it gives, and an input shape only where the model's own (batch 1)
+    is not one row's, so that the engine is the one a timing job of the model built (the same
+    cache key). :class:`SpecError` for a bad spec."""
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object, got %s" % type(data).__name__)
     unknown = sorted(set(data) - set(FIELDS))
@@ -31,9 +33,13 @@ def evaluation_spec(data, inputs):
             "unknown evaluation spec field(s) %s; known: %s"
             % (", ".join(unknown), ", ".join(FIELDS))
         )
-    fields = dict(data)
-    fields["input_shape"] = [1, *inputs.shape[1:]]
-    return MeasureSpec.from_dict(fields)
+    row = [1, *inputs.shape[1:]]
+    spec = MeasureSpec.from_dict(dict(data))
+    if model is not None and model.inputs:
+        name = model.inputs[0][0]
+        if model.resolved_shapes(spec).get(name) == row:
+            return spec
+    return MeasureSpec.from_dict(dict(data, input_shape=row))
 
 
 def inputs_problem(model, inputs):

@@ -297,11 +297,11 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _submit_evaluation(self):
         ctype = self.headers.get("Content-Type", "")
+        body = self._read_body()  # first, as for jobs: the connection stays usable
         if not ctype.startswith("multipart/form-data"):
             raise HttpError(
                 415, "unsupported_media_type", "send multipart/form-data: spec, model, inputs"
             )
-        body = self._read_body()
         try:
             fields = multipart.parse(body, multipart.boundary_of(ctype))
         except multipart.MultipartError as exc:
@@ -317,12 +317,13 @@ class AgentHandler(BaseHTTPRequestHandler):
             inputs = npy.parse(fields["inputs"])
         except npy.NpyError as exc:
             raise HttpError(400, "bad_inputs", "inputs: %s" % exc) from exc
-        try:
-            spec = evaluation_spec(self._json(fields["spec"], "the spec field"), inputs)
-        except SpecError as exc:
-            raise HttpError(400, "bad_spec", str(exc)) from exc
+        asked = self._json(fields["spec"], "the spec field")
         agent = self.server.agent
         sha = agent.cache.put_model(fields["model"])
+        try:
+            spec = evaluation_spec(asked, inputs, agent.model_inputs(sha))
+        except SpecError as exc:
+            raise HttpError(400, "bad_spec", str(exc)) from exc
         problem = agent.evaluation_problem(sha, spec, inputs)
         if problem is not None:
             code, message = problem

@@ -194,3 +194,48 @@ def test_vitopt_agent_evaluate_writes_outputs_and_scores_a_campaigns_split(
 
     refused = runner.invoke(main, ["agent", "evaluate", agent.url, model, "--inputs", str(inputs)])
     assert refused.exit_code == 2 and "--inputs needs --out" in refused.output
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_a_segmentation_model_scores_the_same_miou_from_the_devices_outputs(
+    agent: RunningAgent, tmp_path: Path, kind: str
+) -> None:
+    import torch
+    from torch.utils.data import Subset
+
+    from optimizer.config import ModelConfig
+    from optimizer.trial.evaluation import test_inputs
+    from optimizer.trial.export import export_onnx
+    from plugins.segmentation import Segmentation
+    from plugins.uav_data import load_synthetic_splits
+
+    task = Segmentation()
+    torch.manual_seed(0)
+    kwargs = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 4, "head_width": 32}
+    model = task.build_model(ModelConfig(name="vit_tiny_patch16_224", kwargs=kwargs), 6, 32)
+    path = export_onnx(model.eval(), torch.randn(1, 3, 32, 32), tmp_path / "seg.onnx")
+    if kind == "int8":
+        with ort_quantization() as quantization:
+            quantization.quantize_dynamic(str(path), str(tmp_path / "seg-int8.onnx"))
+        path = tmp_path / "seg-int8.onnx"
+    test = Subset(load_synthetic_splits(32).test, range(6))
+    outputs = AgentClient(agent.url).evaluate(path, kind, test_inputs(test))
+    assert outputs[0].shape == (6, 6, 32, 32)
+    device = task.evaluate_outputs(outputs, test)
+    host = task.evaluate_onnx_metrics(path, test)
+    assert device["score"] == host["score"] and device["per_class_iou"] == host["per_class_iou"]
+
+
+def test_an_evaluation_runs_the_engine_its_timing_job_built(tmp_path: Path, models: dict) -> None:
+    agent = start_agent(tmp_path)
+    try:
+        client = AgentClient(agent.url)
+        timed = client.measure(models["fp32"], {"iterations": 5, "repeats": 1, "warmup": 1})
+        assert timed["build"]["engine_cache_hit"] is False
+        status, submitted = post(agent, good_fields(models))
+        assert status == 202, submitted
+        job = agent.wait_done(submitted["job_id"])
+        assert job["spec"]["input_shape"] is None  # the model's own static shape, as timed
+        assert job["result"]["build"]["engine_cache_hit"] is True
+    finally:
+        agent.stop()

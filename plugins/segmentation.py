@@ -148,23 +148,10 @@ class Segmentation(TaskBase):
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
     @staticmethod
-    @torch.no_grad()
-    def torch_metric(
-        model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    ) -> float:
-        """Validation mIoU of a torch model (fine-tuning feedback)."""
-        model.eval()
-        matrix = None
-        for inputs, labels in loader:
-            logits = model(inputs)
-            counts = confusion_matrix(logits.argmax(dim=1).numpy(), labels.numpy(), logits.shape[1])
-            matrix = counts if matrix is None else matrix + counts
-        return segmentation_metrics(matrix)["miou"] if matrix is not None else 0.0
-
-    @staticmethod
     def score_rows(rows: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
         """The score (mIoU), ``miou``, ``pixel_accuracy`` and ``per_class_iou`` over
-        ``(logits, label map)`` rows (the deployable file's, on the host or the device)."""
+        ``(logits, label map)`` rows: the deployable file's on the host or the device, and the
+        torch model's for fine-tuning's feedback (:class:`TaskBase`'s ``torch_metric``)."""
         matrix = None
         for logits, label in rows:
             counts = confusion_matrix(logits.argmax(axis=0), np.asarray(label), logits.shape[0])

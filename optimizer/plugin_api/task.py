@@ -69,7 +69,8 @@ class Task(Protocol):
 
     def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:
         """The score of the ONNX file at ``path`` on ``dataset`` (the held-out test split), run
-        by onnxruntime: the accuracy the campaign records. The graph has a static batch of 1."""
+        by onnxruntime on the host: the campaign's accuracy unless it evaluates on the device.
+        The graph has a static batch of 1."""
         ...
 
     def evaluate_onnx_metrics(
@@ -88,9 +89,10 @@ class Task(Protocol):
 
 
 class TaskBase:
-    """Defaults for :class:`Task`'s optional members: a timm model named by ``model.name``,
-    top-1 on torch models, no figures beyond the score. A subclass writes :meth:`loss` and
-    :meth:`evaluate_onnx`."""
+    """Defaults for :class:`Task`'s optional members: a timm model named by ``model.name``, and
+    every metric (on torch models, ONNX files and the device's outputs) from :meth:`score_rows`
+    (top-1 on torch models for a task without it). A subclass writes :meth:`loss` and
+    :meth:`score_rows`, or :meth:`evaluate_onnx` to be scored on the host only."""
 
     metric_name: str = DEFAULT_METRIC
 
@@ -121,6 +123,8 @@ class TaskBase:
     def torch_metric(
         self, model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> float:
+        if scores_outputs(self):  # the same score as the deployable file's, on the torch model
+            return float(self.score_rows(torch_rows(model, loader))[SCORE])
         from .training import torch_accuracy
 
         return torch_accuracy(model, loader)
@@ -163,6 +167,18 @@ def scores_outputs(task: object) -> bool:
     the device returns, not only ONNX files it runs on the host itself."""
     own = getattr(type(task), "score_rows", None)
     return own is not None and own is not TaskBase.score_rows
+
+
+def torch_rows(model: nn.Module, loader: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    """``(output, label)`` for each example of ``loader``'s batches, the output being its row of
+    the torch ``model``'s output (numpy, computed without gradients in eval mode)."""
+    import torch
+
+    model.eval()
+    for inputs, labels in loader:
+        with torch.no_grad():
+            outputs = model(inputs).cpu().numpy()
+        yield from zip(outputs, labels.numpy(), strict=True)
 
 
 def onnx_rows(path: Path, dataset: Any, threads: int = 1) -> Iterator[tuple[Any, Any]]:

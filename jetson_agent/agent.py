@@ -287,23 +287,9 @@ class Agent(object):
         shas.update(job.spec.reference["model_sha256"] for job in jobs if job.spec.paired)
         return [self.cache.model_path(sha) for sha in shas]
 
-    def _evaluate(self, job):
-        paths = {}
-        paths["model_path"], paths["engine_path"] = self._files(job.model_sha, job.spec)
-        self.cache.evict(protect=list(paths.values()) + self._queued_models())
-        result, job.outputs = self.job_process.evaluate(paths, job.spec.to_dict(), job.inputs)
-        job.inputs = None  # the job's memory is its outputs from here on
-        result.update(
-            {
-                "device": self.device,
-                "device_type": self.device_type,
-                "model_sha256": job.model_sha,
-                "measured_at": time.time(),
-            }
-        )
-        return result
-
-    def _measure(self, job):
+    def _paths(self, job):
+        """The files a job reads and writes (its model's, and a paired job's reference's),
+        kept from eviction while it runs."""
         spec = job.spec
         paths = {}
         paths["model_path"], paths["engine_path"] = self._files(job.model_sha, spec)
@@ -312,11 +298,27 @@ class Agent(object):
                 spec.reference["model_sha256"], spec.for_reference()
             )
         self.cache.evict(protect=list(paths.values()) + self._queued_models())
-        result = self.job_process.run(paths, spec.to_dict(), self.quiet_lock)
+        return paths
+
+    def _stamped(self, job, result):
+        """``result`` with where and when it was run."""
         result["device"] = self.device
         result["device_type"] = self.device_type
         result["model_sha256"] = job.model_sha
         result["measured_at"] = time.time()
+        return result
+
+    def _evaluate(self, job):
+        result, job.outputs = self.job_process.evaluate(
+            self._paths(job), job.spec.to_dict(), job.inputs
+        )
+        job.inputs = None  # the job's memory is its outputs from here on
+        return self._stamped(job, result)
+
+    def _measure(self, job):
+        spec = job.spec
+        result = self.job_process.run(self._paths(job), spec.to_dict(), self.quiet_lock)
+        self._stamped(job, result)
         result["cache"] = {
             "result_hit": False,
             "engine_hit": bool((result.get("build") or {}).get("engine_cache_hit")),

@@ -302,17 +302,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             raise HttpError(
                 415, "unsupported_media_type", "send multipart/form-data: spec, model, inputs"
             )
-        try:
-            fields = multipart.parse(body, multipart.boundary_of(ctype))
-        except multipart.MultipartError as exc:
-            raise HttpError(400, "bad_request", str(exc)) from exc
-        if sorted(fields) != ["inputs", "model", "spec"]:
-            raise HttpError(
-                400,
-                "bad_request",
-                "an evaluation has exactly the fields 'spec', 'model' and 'inputs' (got %s)"
-                % ", ".join(repr(name[:40]) for name in sorted(fields)),
-            )
+        fields = self._fields(body, ctype, ("spec", "model", "inputs"), "an evaluation")
         try:
             inputs = npy.parse(fields["inputs"])
         except npy.NpyError as exc:
@@ -340,17 +330,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         agent = self.server.agent
         if ctype.startswith("multipart/form-data"):
-            try:
-                fields = multipart.parse(body, multipart.boundary_of(ctype))
-            except multipart.MultipartError as exc:
-                raise HttpError(400, "bad_request", str(exc)) from exc
-            if sorted(fields) != ["model", "spec"]:
-                raise HttpError(
-                    400,
-                    "bad_request",
-                    "a multipart job has exactly the fields 'spec' and 'model' (got %s)"
-                    % ", ".join(repr(name[:40]) for name in sorted(fields)),
-                )
+            fields = self._fields(body, ctype, ("spec", "model"), "a multipart job")
             spec = self._spec(self._json(fields["spec"], "the spec field"))
             sha = agent.cache.put_model(fields["model"])
         elif ctype.startswith("application/json"):
@@ -379,6 +359,29 @@ class AgentHandler(BaseHTTPRequestHandler):
             {"job_id": job.id, "state": job.state, "model_sha256": sha},
             {"Location": "/v1/jobs/" + job.id},
         )
+
+    @staticmethod
+    def _fields(body, ctype, names, what):
+        """The parts of a multipart body, which must be exactly ``names``; ``what`` names the
+        request in the message (``a multipart job``)."""
+        try:
+            fields = multipart.parse(body, multipart.boundary_of(ctype))
+        except multipart.MultipartError as exc:
+            raise HttpError(400, "bad_request", str(exc)) from exc
+        if sorted(fields) != sorted(names):
+            listed = ["'%s'" % name for name in names]
+            raise HttpError(
+                400,
+                "bad_request",
+                "%s has exactly the fields %s and %s (got %s)"
+                % (
+                    what,
+                    ", ".join(listed[:-1]),
+                    listed[-1],
+                    ", ".join(repr(name[:40]) for name in sorted(fields)),
+                ),
+            )
+        return fields
 
     @staticmethod
     def _json(raw, what):

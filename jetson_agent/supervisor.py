@@ -13,6 +13,7 @@ What a job may write is bounded too: no file it writes (an optimised graph, an e
 may exceed ``max_file_bytes`` (RLIMIT_FSIZE).
 """
 
+import contextlib
 import json
 import os
 import queue
@@ -107,18 +108,14 @@ class JobProcess(object):
         ``model_path`` and ``engine_path`` (and a paired job's ``reference_model_path`` and
         ``reference_engine_path``); ``quiet_lock`` is the folder of the host's measurement
         lock, held through the run phase."""
-        work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
-        try:
+        with self._scratch() as work:
             return self._run_in(work, paths, spec, quiet_lock, "measure")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def evaluate(self, paths, spec, inputs):
         """Run the model at ``paths`` (``model_path``, ``engine_path``), built with ``spec``, on
         ``inputs`` (the bytes of an ``.npy`` batch); returns the job's result and the bytes of
         each output's ``.npy`` file (none unless the job succeeded)."""
-        work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
-        try:
+        with self._scratch() as work:
             outputs_dir = os.path.join(work, "outputs")
             os.mkdir(outputs_dir)
             inputs_path = os.path.join(work, "inputs.npy")
@@ -132,6 +129,13 @@ class JobProcess(object):
                     with open(os.path.join(outputs_dir, "%d.npy" % output["index"]), "rb") as f:
                         files.append(f.read())
             return result, files
+
+    @contextlib.contextmanager
+    def _scratch(self):
+        """A job's own folder under this agent's scratch folder, removed when it ends."""
+        work = tempfile.mkdtemp(prefix="jetson-agent-job-", dir=self.scratch_dir)
+        try:
+            yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

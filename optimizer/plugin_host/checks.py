@@ -53,7 +53,7 @@ def register_techniques(impl: Any, source: PluginSource) -> list[RegisteredTechn
             f"not {type(techniques).__name__}"
         )
     for technique in techniques:
-        check_technique(technique, label)
+        _check_technique(technique, label)
     return [RegisteredTechnique(t, source) for t in techniques]
 
 
@@ -81,7 +81,7 @@ def collect_techniques(manager: pluggy.PluginManager) -> list[RegisteredTechniqu
     return found
 
 
-def check_technique(technique: object, label: str) -> None:
+def _check_technique(technique: object, label: str) -> None:
     if not isinstance(technique, Technique):
         missing = [
             attr

@@ -1,16 +1,20 @@
-"""Structural pruning of timm ViTs with torch-pruning's dependency graph (DepGraph).
+"""Structural pruning of attention heads and hidden widths, by the rules of each model family.
 
-Weights are really removed, not masked: whole attention heads (rows of ``qkv``, columns of
-``proj``) and/or hidden channels of the MLPs (rows of ``fc1``, columns of ``fc2``). Only the
-widths *inside* a block change; the embedding dimension (the residual stream shared by every
-block, the class token, the position embedding and the norms) is never touched, because pruning
-it would couple every layer of the network into one group and costs far more accuracy per MAC
-saved. Masking would leave latency unchanged on the device, which is what this search measures.
+Weights are really removed, not masked: whole attention heads (the rows of the fused ``qkv``
+projection a head owns, its columns of the output projection, its row or column of any bias
+table) and/or hidden channels of MLPs and conv blocks (an ``fc1``'s rows and everything
+torch-pruning's dependency graph couples to them: norms, a depthwise conv, the next layer's
+inputs). What to cut comes from the model's family (:mod:`optimizer.plugin_api.family`;
+ViT/DeiT, Swin, MobileViT, EfficientFormer and LeViT are in :mod:`plugins.families`). The widths
+*between* blocks (a ViT's embedding dimension, a hierarchical model's stage widths) never change:
+pruning them would couple every layer of the network into one group and costs far more accuracy
+per MAC saved. Masking would leave latency unchanged on the device, which is what this search
+measures.
 
-Kept MLP widths are multiples of ``round_to`` (8 by default): GEMMs whose inner dimension is not
-a multiple of 8 miss the tensor-core paths of TensorRT/cuBLAS, so an unaligned width can be
-*slower* than the wider aligned one. Head pruning keeps ``head_dim`` (64 in ViT/DeiT) and so is
-aligned by construction.
+Kept hidden widths are multiples of ``round_to`` (8 by default): GEMMs whose inner dimension is
+not a multiple of 8 miss the tensor-core paths of TensorRT/cuBLAS, so an unaligned width can be
+*slower* than the wider aligned one. Head pruning keeps each head's width and so is aligned by
+construction.
 """
 
 from __future__ import annotations
@@ -27,28 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
+from optimizer.plugin_api.family import ChannelGroup, HeadSlices, ModelFamily, PruningUnsupported
 from optimizer.plugin_api.model_stats import count_params, example_input, iter_batches, model_device
 
 METHODS: tuple[str, ...] = ("none", "heads", "mlp", "heads+mlp")
 IMPORTANCES: tuple[str, ...] = ("magnitude", "taylor")
 RATIO_RANGE: tuple[float, float] = (0.1, 0.7)
 _PRUNING_METHODS = ("heads", "mlp", "heads+mlp")
-# The graph only gates attention groups with the width ratio (head dims are never pruned, see
-# prune_head_dims=False below); any value > 0 lets the head pruning run.
-_ATTENTION_GROUP_GATE_RATIO = 0.5
-
-
-class PruningUnsupported(ValueError):
-    """The model has no structure this technique knows how to prune (the message says which
-    model class and why). A ``ValueError`` so callers that treat bad inputs alike still can."""
-
-
-def _timm_blocks() -> tuple[type[nn.Module], type[nn.Module]]:
-    """timm's ``Attention`` and ``Mlp`` classes (imported lazily: timm is slow to import and
-    only needed when a model is actually pruned)."""
-    from timm.layers import Attention, Mlp
-
-    return Attention, Mlp
 
 
 def heads_to_remove(num_heads: int, ratio: float) -> int:
@@ -69,8 +58,9 @@ def kept_mlp_width(hidden: int, ratio: float, round_to: int) -> int:
     return max(kept, step)
 
 
-def prune_vit(
+def prune_model(
     model: nn.Module,
+    family: ModelFamily,
     *,
     method: str,
     ratio: float,
@@ -78,17 +68,21 @@ def prune_vit(
     importance: str = "magnitude",
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     round_to: int = 8,
+    label: str | None = None,
 ) -> nn.Module:
-    """Prune ``model`` **in place** and return it.
+    """Prune ``model`` **in place** by the rules of its ``family`` and return it (``label``
+    names the model in errors: its timm name; its class by default).
 
-    ``method`` is one of :data:`METHODS`; ``ratio`` the fraction of heads per block
-    (see :func:`heads_to_remove`) and/or of hidden channels per MLP
-    (see :func:`kept_mlp_width`) to remove; ``example`` a batch-1 input used to trace the
-    dependency graph. ``importance="taylor"`` ranks by ``|w · dL/dw|`` accumulated by a
-    forward/backward cross-entropy pass on each ``(x, y)`` of ``batches`` (required then).
+    ``method`` is one of :data:`METHODS`; ``ratio`` the fraction of heads per attention block
+    (see :func:`heads_to_remove`) and/or of each hidden width (see :func:`kept_mlp_width`) to
+    remove; ``example`` a batch-1 input used to trace the dependency graph.
+    ``importance="taylor"`` ranks by ``|w · dL/dw|`` accumulated by a forward/backward
+    cross-entropy pass on each ``(x, y)`` of ``batches`` (required then).
 
-    Raises :class:`PruningUnsupported` when the model has no timm ``Attention`` (for head
-    pruning) or ``Mlp`` (for MLP pruning) blocks that can be pruned.
+    Heads are cut as the family's :class:`~optimizer.plugin_api.family.HeadSlices` say (the
+    fused projection's rows, the output projection's columns, bias tables); hidden widths by
+    torch-pruning's dependency graph from each :class:`~optimizer.plugin_api.family.ChannelGroup`
+    root. Raises :class:`PruningUnsupported` when the family finds nothing ``method`` removes.
     """
     if method not in METHODS:
         raise ValueError(f"prune.method must be one of {METHODS}, got {method!r}")
@@ -98,152 +92,59 @@ def prune_vit(
         raise ValueError(f"prune.importance must be one of {IMPORTANCES}, got {importance!r}")
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"prune.ratio must be in (0, 1), got {ratio}")
-    import torch_pruning as tp
-
-    Attention, Mlp = _timm_blocks()
-    model_name = type(model).__name__
-    attentions = [m for m in model.modules() if isinstance(m, Attention)]
-    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    model_name = label or type(model).__name__
+    found = family.prunable(model)
     want_heads = method in ("heads", "heads+mlp")
     want_mlp = method in ("mlp", "heads+mlp")
-    if want_heads and not attentions:
+    if want_heads and not found.heads:
         raise PruningUnsupported(
-            f"{model_name}: prune.method={method!r} removes attention heads, but the model has "
-            "no timm Attention blocks (timm.layers.Attention, as in timm vit_*/deit_* models)"
+            f"{model_name}: prune.method={method!r} removes attention heads, but this "
+            f"{family.name} model has none to remove: {found.no_heads}"
         )
-    if want_mlp and not mlps:
+    if want_mlp and not found.channels:
         raise PruningUnsupported(
-            f"{model_name}: prune.method={method!r} removes MLP hidden channels, but the model "
-            "has no timm Mlp blocks (timm.layers.Mlp, as in timm vit_*/deit_* models)"
+            f"{model_name}: prune.method={method!r} removes hidden channels, but this "
+            f"{family.name} model has no MLP or conv block whose width it may narrow"
         )
-
-    # What may shrink: qkv rows per head, fc1 rows per channel.
-    # Everything else that could root a pruning group is ignored, which is what keeps the
-    # embedding dimension (patch_embed, proj/fc2 outputs, the head) intact.
-    roots: list[nn.Module] = []
-    pruned_blocks: list[nn.Module] = []
-    num_heads: dict[nn.Module, int] = {}
-    head_ratio: dict[nn.Module, float] = {}
-    expected: dict[nn.Module, int] = {}  # block -> heads / hidden width it must end with
-    width_ratio: dict[nn.Module, float] = {}
-    if want_heads:
-        for attn in attentions:
-            remove = heads_to_remove(attn.num_heads, ratio)
-            if remove == 0:
-                continue
-            if getattr(attn, "gate", None) is not None:
-                # The dependency graph does not tie the gate's output to the heads (tried: the
-                # heads silently stay), so refuse rather than pretend.
-                raise PruningUnsupported(
-                    f"{model_name}: gated timm Attention (gated=True) is not supported for head "
-                    "pruning; use prune.method='mlp'"
-                )
-            num_heads[attn.qkv] = attn.num_heads
-            expected[attn] = attn.num_heads - remove
-            # torch-pruning removes ceil(r * heads); half a head below the target makes that
-            # exactly `remove` whatever the float rounding.
-            head_ratio[attn.qkv] = (remove - 0.5) / attn.num_heads
-            roots.append(attn.qkv)
-            pruned_blocks.append(attn)
-        if not num_heads:
-            raise PruningUnsupported(
-                f"{model_name}: prune.method={method!r} but every Attention block has a single "
-                "head, and a block must keep at least one"
-            )
-    if want_mlp:
-        for mlp in mlps:
-            hidden = _out_width(mlp.fc1)
-            kept = kept_mlp_width(hidden, ratio, round_to)
-            if kept >= hidden:
-                continue
-            # torch-pruning keeps int(hidden * (1 - r)); half a channel above the target makes
-            # that exactly `kept` whatever the float rounding.
-            width_ratio[mlp.fc1] = 1.0 - (kept + 0.5) / hidden
-            expected[mlp] = kept
-            roots.append(mlp.fc1)
-            pruned_blocks.append(mlp)
-        if not width_ratio and not num_heads:
-            raise PruningUnsupported(
-                f"{model_name}: prune.method={method!r} at ratio {ratio} leaves every MLP at "
-                f"its width (hidden sizes too small for round_to={round_to})"
-            )
-
-    # A decode head (segmentation) exposing ``prunable_convs`` loses the same fraction of its
-    # channels, aligned like the MLPs, whatever the method; its classifier conv is not listed
-    # and so stays ignored with every other layer.
-    for decoder in [m for m in model.modules() if _declares_prunable_convs(m)]:
-        for conv in decoder.prunable_convs:
-            width = _out_width(conv)
-            kept = kept_mlp_width(width, ratio, round_to)
-            if kept >= width:
-                continue
-            width_ratio[conv] = 1.0 - (kept + 0.5) / width
-            expected[conv] = kept
-            roots.append(conv)
-        if decoder not in pruned_blocks:
-            pruned_blocks.append(decoder)
-
-    root_ids = {id(m) for m in roots}
-    ignored = [
-        m
-        for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.LSTM)) and id(m) not in root_ids
-    ]
-    inside = {id(p) for block in pruned_blocks for p in block.parameters()}
+    heads = [h for h in found.heads if heads_to_remove(h.num_heads, ratio)] if want_heads else []
+    if want_heads and not heads:
+        raise PruningUnsupported(
+            f"{model_name}: prune.method={method!r} but every attention block has a single "
+            "head, and a block must keep at least one"
+        )
+    groups = (list(found.channels) if want_mlp else []) + _decoder_groups(model)
+    widths: dict[nn.Module, int] = {}  # channel root -> the width it must end with
+    for group in groups:
+        kept = kept_mlp_width(_out_width(group.root), ratio, round_to)
+        if kept < _out_width(group.root):
+            widths[group.root] = kept
+    if want_mlp and not widths and not heads:
+        raise PruningUnsupported(
+            f"{model_name}: prune.method={method!r} at ratio {ratio} leaves every hidden width "
+            f"as it is (too small for round_to={round_to})"
+        )
+    planned = {h.block: _planned_width(h, ratio) for h in heads}
+    blocks = list(planned) + [g.block for g in groups if g.root in widths]
+    inside = {id(p) for block in blocks for p in block.parameters()}
     frozen_shapes = {
         name: tuple(p.shape) for name, p in model.named_parameters() if id(p) not in inside
     }
 
     was_training = model.training
     model.eval()  # trace and score without dropout / drop-path noise
-    qk_norms: list[tuple[nn.Module, nn.Module, nn.Module]] = []
-    # The graph is traced through autograd and Taylor needs .grad everywhere, so a partly
-    # frozen model is unfrozen for the duration; flags are restored by name afterwards (the
-    # pruned layers hold new Parameter objects).
+    # Taylor needs .grad everywhere, so a partly frozen model is unfrozen for the duration;
+    # flags are restored by name afterwards (the pruned layers hold new Parameter objects).
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     for param in model.parameters():
         param.requires_grad_(True)
     try:
-        if importance == "taylor":  # with the real forward, before any module is swapped
+        if importance == "taylor":  # with the real forward, before anything is cut
             _accumulate_gradients(model, batches, model_name)
-        # q_norm/k_norm normalise over head_dim, which whole-head pruning never changes; the
-        # graph would wrongly couple their head_dim-sized weights to the heads being removed,
-        # so they are hidden from it while it is traced and put back afterwards.
-        for attn in pruned_blocks:
-            if isinstance(attn, Attention):
-                qk_norms.append((attn, attn.q_norm, attn.k_norm))
-                attn.q_norm, attn.k_norm = nn.Identity(), nn.Identity()
-        with warnings.catch_warnings():
-            # cls_token / pos_embed are plain parameters: torch-pruning warns it would prune
-            # their last dim, which is the embedding dim we never prune (those groups are
-            # ignored above).
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            pruner = tp.pruner.BasePruner(
-                model,
-                example,
-                importance=(
-                    tp.importance.GroupTaylorImportance()
-                    if importance == "taylor"
-                    else tp.importance.GroupMagnitudeImportance(p=2)
-                ),
-                global_pruning=False,  # uniform per block: predictable, aligned widths
-                pruning_ratio=_ATTENTION_GROUP_GATE_RATIO,
-                pruning_ratio_dict=width_ratio,
-                ignored_layers=ignored,
-                num_heads=num_heads,
-                prune_num_heads=True,
-                prune_head_dims=False,  # whole heads only: head_dim stays 64, aligned
-                head_pruning_ratio=0.0,
-                head_pruning_ratio_dict=head_ratio,
-                round_to=round_to if round_to > 1 else None,
-            )
-        pruner.step()
-        for attn in attentions:
-            if attn.qkv in num_heads:
-                _update_attention(attn, pruner.num_heads[attn.qkv])
+        for slices in heads:
+            _cut_heads(slices, heads_to_remove(slices.num_heads, ratio), importance)
+        if widths:
+            _narrow(model, example, widths, importance)
     finally:
-        for attn, q_norm, k_norm in qk_norms:
-            attn.q_norm, attn.k_norm = q_norm, k_norm
         model.zero_grad(set_to_none=True)
         for name, param in model.named_parameters():
             param.requires_grad_(requires_grad.get(name, True))
@@ -256,48 +157,152 @@ def prune_vit(
     }
     if changed:
         raise RuntimeError(
-            f"{model_name}: pruning changed tensors outside the pruned heads/MLPs "
-            f"(the embedding dim must stay): {changed}"
+            f"{model_name}: pruning changed tensors outside the pruned blocks (the widths "
+            f"between blocks must stay): {changed}"
         )
+    names = {module: name for name, module in model.named_modules()}
+    ends = {**{h.producers[0]: planned[h.block] for h in heads}, **widths}
     missed = [
-        f"{name}: {_block_size(block)} instead of {expected[block]}"
-        for name, block in model.named_modules()
-        if block in expected and _block_size(block) != expected[block]
+        f"{names.get(layer, '?')}: {_out_width(layer)} channels instead of {kept}"
+        for layer, kept in ends.items()
+        if _out_width(layer) != kept
     ]
     if missed:
         raise PruningUnsupported(
-            f"{model_name}: the dependency graph did not prune these blocks as planned "
-            f"(heads or MLP widths): {', '.join(missed)}"
+            f"{model_name}: the dependency graph did not prune these blocks as planned: "
+            f"{', '.join(missed)}"
         )
     return model
 
 
-def _block_size(block: nn.Module) -> int:
-    """Heads of a timm Attention, hidden width of a timm Mlp, output channels of a conv."""
-    if isinstance(block, nn.modules.conv._ConvNd):
-        return _out_width(block)
-    return int(block.num_heads) if hasattr(block, "num_heads") else _out_width(block.fc1)
+def _planned_width(slices: HeadSlices, ratio: float) -> int:
+    """The output channels an attention block's fused projection ends with at ``ratio``."""
+    kept = slices.num_heads - heads_to_remove(slices.num_heads, ratio)
+    return kept * len(slices.output_rows(0))
 
 
-def _declares_prunable_convs(module: nn.Module) -> bool:
-    """A decode head that lists the convs a pruner may narrow (see plugins.segmentation)."""
-    convs = getattr(type(module), "prunable_convs", None)
-    return convs is not None
+def _decoder_groups(model: nn.Module) -> list[ChannelGroup]:
+    """A decode head (segmentation) exposing ``prunable_convs`` loses the same fraction of its
+    channels, aligned like the MLPs, whatever the method; its classifier conv is not listed."""
+    return [
+        ChannelGroup(decoder, conv)
+        for decoder in model.modules()
+        if getattr(type(decoder), "prunable_convs", None) is not None
+        for conv in decoder.prunable_convs
+    ]
+
+
+def _head_score(tensors: list[tuple[torch.Tensor, int, list[int]]], importance: str) -> float:
+    """A head's importance: the squared L2 norm of its slices, or their ``sum |w · dL/dw|``."""
+    total = 0.0
+    for tensor, dim, index in tensors:
+        at = torch.tensor(index, device=tensor.device)
+        picked = tensor.detach().index_select(dim, at)
+        if importance == "taylor":
+            grad = tensor.grad
+            total += (
+                0.0 if grad is None else float((picked * grad.index_select(dim, at)).abs().sum())
+            )
+        else:
+            total += float(picked.pow(2).sum())
+    return total
+
+
+def _cut_heads(slices: HeadSlices, remove: int, importance: str) -> None:
+    """Remove the ``remove`` least important heads of one attention block."""
+
+    def head_tensors(head: int) -> list[tuple[torch.Tensor, int, list[int]]]:
+        rows, columns = list(slices.output_rows(head)), list(slices.input_columns(head))
+        out = [(t, 0, rows) for layer in slices.producers for t in _channel_tensors(layer)]
+        out += [(layer.weight, 1, columns) for layer in slices.consumers]
+        return out + [(getattr(m, attr), dim, [head]) for m, attr, dim in slices.per_head]
+
+    ranked = sorted(range(slices.num_heads), key=lambda h: _head_score(head_tensors(h), importance))
+    kept = sorted(ranked[remove:])
+    rows = [r for h in kept for r in slices.output_rows(h)]
+    columns = [c for h in kept for c in slices.input_columns(h)]
+    for layer in slices.producers:
+        for name in _CHANNEL_TENSORS:
+            _select(layer, name, 0, rows)
+        _set_width(layer, "out", len(rows))
+    for layer in slices.consumers:
+        _select(layer, "weight", 1, columns)
+        _set_width(layer, "in", len(columns))
+    for module, attr, dim in slices.per_head:
+        _select(module, attr, dim, kept)
+    slices.update(kept)
+
+
+_CHANNEL_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _channel_tensors(layer: nn.Module) -> list[torch.Tensor]:
+    """The tensors of ``layer`` indexed by its output channel on their first dimension."""
+    tensors = (getattr(layer, name, None) for name in _CHANNEL_TENSORS)
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def _select(module: nn.Module, name: str, dim: int, index: list[int]) -> None:
+    """Keep ``index`` along ``dim`` of ``module.name`` (a parameter keeps its gradient's slice
+    and its flag; a buffer stays a buffer)."""
+    tensor = getattr(module, name, None)
+    if not isinstance(tensor, torch.Tensor):
+        return
+    at = torch.tensor(index, device=tensor.device)
+    picked = tensor.detach().index_select(dim, at).clone()
+    if isinstance(tensor, nn.Parameter):
+        new = nn.Parameter(picked, requires_grad=tensor.requires_grad)
+        if tensor.grad is not None:
+            new.grad = tensor.grad.index_select(dim, at)
+        setattr(module, name, new)
+    else:
+        setattr(module, name, picked)
+
+
+def _set_width(layer: nn.Module, side: str, width: int) -> None:
+    """Record a cut layer's new width where its class keeps one."""
+    names = {
+        "out": ("out_features", "out_channels", "num_features"),
+        "in": ("in_features", "in_channels"),
+    }[side]
+    for name in names:
+        if hasattr(layer, name):
+            setattr(layer, name, width)
+
+
+def _narrow(
+    model: nn.Module, example: torch.Tensor, widths: dict[nn.Module, int], importance: str
+) -> None:
+    """Narrow each root's output channels to its width with torch-pruning's dependency graph
+    (one traced graph; coupled roots, such as a decoder's summed laterals, are narrowed once)."""
+    import torch_pruning as tp
+
+    with warnings.catch_warnings():
+        # Class tokens, position embeddings and bias tables are plain parameters of widths that
+        # are never narrowed here; torch-pruning warns about each.
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    score = (
+        tp.importance.GroupTaylorImportance()
+        if importance == "taylor"
+        else tp.importance.GroupMagnitudeImportance(p=2)
+    )
+    for root, kept in widths.items():
+        width = _out_width(root)
+        if width <= kept:  # narrowed already with a root it is coupled to
+            continue
+        prune = (
+            tp.prune_linear_out_channels
+            if isinstance(root, nn.Linear)
+            else tp.prune_conv_out_channels
+        )
+        ranking = score(graph.get_pruning_group(root, prune, idxs=list(range(width))))
+        drop = sorted(int(i) for i in torch.argsort(ranking)[: width - kept])
+        graph.get_pruning_group(root, prune, idxs=drop).prune()
 
 
 def _out_width(layer: nn.Module) -> int:
     return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
-
-
-def _update_attention(attn: nn.Module, heads: int) -> None:
-    """Make a timm ``Attention`` consistent with its pruned ``qkv``: its forward reshapes by
-    ``num_heads``/``head_dim`` and back to ``attn_dim``, and unfused attention scales by
-    ``scale`` (unchanged in value since whole heads go, set for clarity)."""
-    attn.num_heads = heads
-    attn.head_dim = attn.qkv.out_features // (3 * heads)
-    if hasattr(attn, "attn_dim"):
-        attn.attn_dim = heads * attn.head_dim
-    attn.scale = attn.head_dim**-0.5
 
 
 def _accumulate_gradients(
@@ -326,10 +331,13 @@ def _accumulate_gradients(
 
 
 class TorchPruning:
-    """Structural pruning of timm ViT/DeiT heads and MLP channels (torch-pruning DepGraph)."""
+    """Structural pruning of attention heads and hidden widths by the rules of the model's
+    family (:mod:`optimizer.plugin_api.family`; torch-pruning's DepGraph for the widths)."""
 
     name = "torch_pruning"
     stage = "prune"
+    #: Preflight refuses a campaign whose model no family covers, before any trial.
+    needs_model_family = True
 
     def __init__(self, round_to: int = 8, taylor_batches: int = 4) -> None:
         """``round_to``: kept MLP widths are multiples of it (GPU GEMM alignment; 1 disables).
@@ -385,6 +393,13 @@ class TorchPruning:
             raise PruningUnsupported(
                 f"{type(subject).__name__}: the prune stage takes a torch nn.Module"
             )
+        family = ctx.model_family
+        if family is None:
+            raise PruningUnsupported(
+                f"{ctx.model_name or type(subject).__name__}: no model family covers it, so "
+                "torch_pruning has no rule for what to remove (vitopt plugins lists the "
+                "families and the model names they cover)"
+            )
         model = copy.deepcopy(subject)
         device = model_device(model)
         batches = (
@@ -394,14 +409,16 @@ class TorchPruning:
         )
         before = count_params(model)
         started = time.perf_counter()
-        prune_vit(
+        prune_model(
             model,
+            family,
             method=method,
             ratio=ratio,
             example=example_input(ctx.input_shape, device),
             importance=importance,
             batches=batches,
             round_to=self.round_to,
+            label=ctx.model_name or None,
         )
         after = count_params(model)
         ctx.log.info(

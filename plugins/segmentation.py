@@ -1,10 +1,12 @@
 """The semantic segmentation task (UAV scene parsing, scored by mIoU) and its data sources.
 
-Model: a timm ViT backbone (any ``vit_*`` name and kwargs, ``pretrained`` only on request) whose
-token maps from evenly spaced blocks feed a light FPN-style decode head: 1x1 lateral convs (summed)
-per level, a 3x3 fusion conv (both ``model.kwargs.head_width`` channels wide, 64 by default), a 1x1
-classifier, and the logits upsampled bilinearly (``align_corners=False``, an ONNX ``Resize``
-TensorRT 8.2 runs) to the input size: ``(N, num_classes, H, W)``. The head's convs are prunable
+Model: a timm backbone of any model family (``pretrained`` only on request) whose feature maps,
+as its family gives them (a plain ViT's evenly spaced blocks; the stages of Swin, MobileViT,
+EfficientFormer, LeViT), feed a light FPN-style decode head: 1x1 lateral convs per level, resized
+to the finest level and summed, a 3x3 fusion conv (both ``model.kwargs.head_width`` channels
+wide, 64 by default), a 1x1 classifier, and the logits upsampled bilinearly
+(``align_corners=False``, an ONNX ``Resize`` TensorRT 8.2 runs) to the input size:
+``(N, num_classes, H, W)``. The head's convs are prunable
 by the pruning plugin (:attr:`SegmentationHead.prunable_convs`), the classifier never is.
 
 Metric: mIoU over the held-out split on the deployable ONNX file (onnxruntime), with per-class
@@ -14,7 +16,7 @@ the largest mIoU drop allowed (absolute: 0.02 = 2 mIoU points).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +25,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.plugin_api import SCORE, DataSourceBase, Splits, TaskBase, hookimpl
+from optimizer.plugin_api import SCORE, DataSourceBase, ModelFamily, Splits, TaskBase, hookimpl
+from optimizer.plugin_api.task import create_timm_model
 
 from .segmentation_metrics import IGNORE_INDEX, confusion_matrix, segmentation_metrics
 from .uav_data import load_synthetic_splits, load_uav_folder
 
 DEFAULT_HEAD_WIDTH = 64
-MAX_LEVELS = 4
-
-
-def level_indices(depth: int, levels: int = MAX_LEVELS) -> list[int]:
-    """Blocks whose outputs feed the decoder: ``levels`` evenly spaced ones, the last included
-    (depth 12 → 2, 5, 8, 11)."""
-    levels = max(1, min(levels, depth))
-    return sorted({round((k + 1) * depth / levels) - 1 for k in range(levels)})
 
 
 class SegmentationHead(nn.Module):
-    """Lateral 1x1 convs per level → sum (FPN-style) → 3x3 fusion conv → 1x1 classifier.
+    """Lateral 1x1 convs per level → resized to the finest level → sum (FPN-style) → 3x3 fusion
+    conv → 1x1 classifier.
 
     Summing rather than concatenating keeps every lateral the same width, so a pruner removes
     the same channels from all of them and from the fusion conv's input as one group."""
 
-    def __init__(self, in_channels: int, levels: int, width: int, num_classes: int):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        sizes: Sequence[tuple[int, int]],
+        width: int,
+        num_classes: int,
+    ):
         super().__init__()
         self.laterals = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(in_channels, width, 1, bias=False),
+                nn.Conv2d(channels, width, 1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(),
             )
-            for _ in range(levels)
+            for channels in in_channels
         )
+        # Python ints: the export records one Resize per coarser level, to a constant size.
+        self.sizes = [tuple(int(v) for v in size) for size in sizes]
         self.fuse = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -69,64 +73,66 @@ class SegmentationHead(nn.Module):
         return [lateral[0] for lateral in self.laterals] + [self.fuse[0]]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        merged = self.laterals[0](features[0])
-        for conv, feature in zip(self.laterals[1:], features[1:], strict=True):
-            merged = merged + conv(feature)
+        finest = self.sizes[0]
+        merged = None
+        for conv, feature, size in zip(self.laterals, features, self.sizes, strict=True):
+            level = conv(feature)
+            if size != finest:
+                level = F.interpolate(level, size=finest, mode="bilinear", align_corners=False)
+            merged = level if merged is None else merged + level
         return self.classifier(self.fuse(merged))
 
 
-class SegmentationViT(nn.Module):
-    """A timm ViT backbone and a :class:`SegmentationHead`; logits at the input resolution."""
+class SegmentationModel(nn.Module):
+    """A timm backbone whose family (:meth:`~optimizer.plugin_api.ModelFamily.features`) gives
+    the decoder its feature maps, and a :class:`SegmentationHead`; logits at the input
+    resolution."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head_width: int, image_size: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        family: ModelFamily,
+        num_classes: int,
+        head_width: int,
+        image_size: int,
+    ):
         super().__init__()
         self.backbone = backbone
-        depth = len(backbone.blocks)
-        self.indices = level_indices(depth)
-        patch = backbone.patch_embed.patch_size
-        self.grid = (image_size // patch[0], image_size // patch[1])
-        self.image_size = image_size
-        self.head = SegmentationHead(backbone.embed_dim, len(self.indices), head_width, num_classes)
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        bb = self.backbone
-        x = bb.patch_embed(x)
-        x = bb._pos_embed(x)
-        x = bb.patch_drop(x)
-        x = bb.norm_pre(x)
-        prefix = bb.num_prefix_tokens
-        h, w = self.grid
-        last = self.indices[-1]
-        out = []
-        for index, block in enumerate(bb.blocks):
-            x = block(x)
-            if index in self.indices:
-                tokens = bb.norm(x) if index == last else x
-                tokens = tokens[:, prefix:]
-                out.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w))
-            if index == last:
-                break
-        return out
+        self.family = family
+        with torch.no_grad():
+            was_training = backbone.training
+            shapes = [f.shape for f in family.features(backbone.eval(), _zeros(image_size))]
+            backbone.train(was_training)
+        self.head = SegmentationHead(
+            [shape[1] for shape in shapes],
+            [shape[-2:] for shape in shapes],
+            head_width,
+            num_classes,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.features(x))
+        logits = self.head(self.family.features(self.backbone, x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_segmentation_model(
-    name: str, kwargs: dict[str, Any], num_classes: int, image_size: int, pretrained: bool = False
-) -> SegmentationViT:
-    import timm
+def _zeros(image_size: int) -> torch.Tensor:
+    return torch.zeros(1, 3, image_size, image_size)
 
+
+def build_segmentation_model(
+    name: str,
+    kwargs: dict[str, Any],
+    num_classes: int,
+    image_size: int,
+    family: ModelFamily,
+    pretrained: bool = False,
+) -> SegmentationModel:
+    """The timm model ``name`` (``kwargs`` but ``head_width``, the decoder's channel count)
+    without its classifier, as the backbone of a :class:`SegmentationModel`."""
     kwargs = dict(kwargs)
     head_width = int(kwargs.pop("head_width", DEFAULT_HEAD_WIDTH))
-    kwargs.setdefault("img_size", image_size)
-    backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    if not hasattr(backbone, "blocks") or not hasattr(backbone, "_pos_embed"):
-        raise ValueError(
-            f"{name}: the segmentation task needs a timm VisionTransformer backbone (vit_*, deit_*)"
-        )
-    return SegmentationViT(backbone, num_classes, head_width, image_size)
+    backbone = create_timm_model(name, pretrained, image_size, num_classes=0, **kwargs)
+    return SegmentationModel(backbone, family, num_classes, head_width, image_size)
 
 
 class Segmentation(TaskBase):
@@ -136,11 +142,20 @@ class Segmentation(TaskBase):
     ignore_index = IGNORE_INDEX
 
     @staticmethod
-    def build_model(config: Any, num_classes: int, image_size: int) -> nn.Module:
+    def build_model(
+        config: Any, num_classes: int, image_size: int, family: ModelFamily | None = None
+    ) -> nn.Module:
         """The model for ``config`` (:class:`optimizer.config.ModelConfig`); ``kwargs`` go to
-        timm except ``head_width``, the decoder's channel count."""
+        timm except ``head_width``, the decoder's channel count; ``family`` gives the features
+        the decoder takes."""
+        if family is None:
+            raise ValueError(
+                f"{config.name}: the segmentation decoder takes its features from the model's "
+                "family, and no model family covers it (vitopt plugins lists the families and "
+                "the model names they cover)"
+            )
         return build_segmentation_model(
-            config.name, config.kwargs, num_classes, image_size, config.pretrained
+            config.name, config.kwargs, num_classes, image_size, family, config.pretrained
         )
 
     @staticmethod

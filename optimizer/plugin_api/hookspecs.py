@@ -47,6 +47,7 @@ from typing import Any
 import pluggy
 
 from optimizer.plugin_api.data_source import DataSource, Splits
+from optimizer.plugin_api.family import ModelFamily
 from optimizer.plugin_api.task import Task
 from optimizer.plugin_api.technique import Technique
 
@@ -57,6 +58,7 @@ __all__ = [
     "hookspec",
     "vitopt_campaign_finished",
     "vitopt_register_datasets",
+    "vitopt_register_model_families",
     "vitopt_register_tasks",
     "vitopt_register_techniques",
     "vitopt_trial_finished",
@@ -113,6 +115,21 @@ def vitopt_register_datasets() -> Mapping[str, DataSource | Callable[[Any], Spli
     The driver calls the source's ``check(data)`` before the baseline is trained, and its
     ``load(data)`` once per process that needs the splits (they are cached per process); a
     source is chosen by the campaign's ``data.source``. Errors stop the campaign as for tasks.
+    """
+
+
+@hookspec
+def vitopt_register_model_families() -> Mapping[str, ModelFamily]:
+    """Return ``{name: family}`` for the model families this plugin provides (``vit``,
+    ``swin``, ``mobilevit``, ``efficientformer``, ``levit``): each a
+    :class:`~optimizer.plugin_api.ModelFamily` (best a
+    :class:`~optimizer.plugin_api.ModelFamilyBase` subclass) saying what a structural pruner may
+    remove from its models, which of their features feed a decode head, and what their export
+    for TensorRT 8.2 needs.
+
+    A campaign's ``model.name`` (and ``teacher.name``) picks the first family, in registration
+    order, whose ``model_names`` patterns cover it. Called like :func:`vitopt_register_tasks`;
+    errors stop the campaign as for tasks.
     """
 
 

@@ -51,9 +51,14 @@ class Task(Protocol):
         anything is trained; the campaign stops with the message."""
         ...
 
-    def build_model(self, config: Any, num_classes: int, image_size: int) -> nn.Module:
-        """The untrained model for the campaign's ``model`` section, with ``num_classes``
-        outputs for ``image_size`` square inputs."""
+    def build_model(
+        self, config: Any, num_classes: int, image_size: int, family: Any = None
+    ) -> nn.Module:
+        """The untrained model for the campaign's ``model`` section (or the teacher's), with
+        ``num_classes`` outputs for ``image_size`` square inputs. ``family`` is the
+        :class:`~optimizer.plugin_api.ModelFamily` that covers ``config.name`` (``None`` where
+        none does; the segmentation task takes its decoder's features from it). A task whose
+        ``build_model`` has no ``family`` parameter is called without it."""
         ...
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,16 +111,15 @@ class TaskBase:
                 + (f" (close: {', '.join(close)})" if close else " (timm.list_models() lists them)")
             )
 
-    def build_model(self, config: Any, num_classes: int, image_size: int) -> nn.Module:
-        import timm
-
-        kwargs: dict[str, Any] = {"num_classes": num_classes, **config.kwargs}
-        kwargs.setdefault("img_size", image_size)
-        try:
-            return timm.create_model(config.name, pretrained=config.pretrained, **kwargs)
-        except TypeError:  # a model family without img_size (CNNs) takes any input size
-            kwargs.pop("img_size")
-            return timm.create_model(config.name, pretrained=config.pretrained, **kwargs)
+    def build_model(
+        self, config: Any, num_classes: int, image_size: int, family: Any = None
+    ) -> nn.Module:
+        return create_timm_model(
+            config.name,
+            config.pretrained,
+            image_size,
+            **{"num_classes": num_classes, **config.kwargs},
+        )
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define loss(outputs, labels)")
@@ -162,6 +166,30 @@ class TaskBase:
         return self.score_rows(zip(outputs[0], labels, strict=True))
 
 
+def create_timm_model(name: str, pretrained: bool, image_size: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, ...)`` for ``image_size`` inputs (``img_size`` unless
+    ``kwargs`` set it; a model without that argument, a CNN, takes any size)."""
+    import timm
+
+    kwargs.setdefault("img_size", image_size)
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError:
+        kwargs.pop("img_size")
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_task_model(
+    task: Task, config: Any, num_classes: int, image_size: int, family: Any
+) -> nn.Module:
+    """``task.build_model`` of ``config``, given ``family`` when it takes one."""
+    import inspect
+
+    takes_family = "family" in inspect.signature(task.build_model).parameters
+    extra = {"family": family} if takes_family else {}
+    return task.build_model(config, num_classes, image_size, **extra)
+
+
 def scores_outputs(task: object) -> bool:
     """Whether ``task`` scores model outputs (:meth:`TaskBase.score_rows`), hence the outputs
     the device returns, not only ONNX files it runs on the host itself."""
@@ -198,12 +226,11 @@ def onnx_rows(path: Path, dataset: Any, threads: int = 1) -> Iterator[tuple[Any,
         yield session.run(None, {name: feed})[0][0], label
 
 
-def missing_members(task: object) -> list[str]:
-    """The members of :class:`Task` that ``task`` lacks (empty for a conforming task)."""
-    return [name for name in _MEMBERS if not hasattr(task, name)]
-
-
-_MEMBERS = (
-    *Task.__annotations__,
-    *(name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")),
-)
+def missing_members(obj: object, protocol: type = Task) -> list[str]:
+    """The members of ``protocol`` (:class:`Task`, or another of the API's protocols) that
+    ``obj`` lacks (empty for a conforming one)."""
+    members = (
+        *protocol.__annotations__,
+        *(n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")),
+    )
+    return [name for name in members if not hasattr(obj, name)]

@@ -202,6 +202,9 @@ class StageContext:
     ``trial_number``
         The Optuna trial number (0 is the baseline; ``vitopt export`` passes the exported
         trial's number).
+    ``model_name`` / ``model_family``
+        The campaign's ``model.name`` and the :class:`~optimizer.plugin_api.ModelFamily` that
+        covers it (``None`` where none does): what a structural pruner may remove, and how.
     """
 
     input_shape: tuple[int, ...]
@@ -219,6 +222,8 @@ class StageContext:
     trial_number: int = 0
     #: What :attr:`teacher` reads: a cached loader (the pipeline's), or ``lambda: model``.
     load_teacher: Callable[[], Any] = _no_teacher
+    model_name: str = ""
+    model_family: Any | None = None
 
     @property
     def teacher(self) -> Any | None:
@@ -241,6 +246,9 @@ class Technique(Protocol):
     the target agent's ``GET /v1/info``: the choices of this technique's categorical parameters
     that the device offers (the built-in quantizer: the precisions it runs, the int8 recipes
     its runtime accelerates). The search space keeps only those.
+    ``needs_model_family = True``: the technique works by the rules of the model's
+    :class:`~optimizer.plugin_api.ModelFamily` (the built-in pruner), so a campaign whose
+    ``model.name`` no family covers is refused before any trial.
     """
 
     name: str

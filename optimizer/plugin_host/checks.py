@@ -12,6 +12,7 @@ from typing import Any
 import pluggy
 
 from optimizer.plugin_api.data_source import DataSource, as_data_source
+from optimizer.plugin_api.family import ModelFamily
 from optimizer.plugin_api.task import Task, missing_members
 from optimizer.plugin_api.technique import STAGES, ParamSpec, Technique
 from optimizer.plugin_host.manager import (
@@ -181,10 +182,23 @@ def check_data_source(source: object, label: str, name: str) -> DataSource:
         raise PluginError(f"{label}: data source {name!r}: {exc}") from exc
 
 
+def check_family(family: object, label: str, name: str) -> ModelFamily:
+    if not isinstance(family, ModelFamily):
+        raise PluginError(
+            f"{label}: model family {name!r} is a {type(family).__name__}, which lacks "
+            f"{', '.join(missing_members(family, ModelFamily))} (subclass "
+            "optimizer.plugin_api.ModelFamilyBase for the defaults)"
+        )
+    if not family.model_names:
+        raise PluginError(f"{label}: model family {name!r} covers no model name (model_names)")
+    return family
+
+
 # Each registering hook of named entries: what it registers (as errors name it) and its check.
 NAMED_HOOKS: dict[str, tuple[str, Callable[[object, str, str], Any]]] = {
     "vitopt_register_tasks": ("task", check_task),
     "vitopt_register_datasets": ("data source", check_data_source),
+    "vitopt_register_model_families": ("model family", check_family),
 }
 
 

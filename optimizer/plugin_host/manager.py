@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "plugins.classification",
     "plugins.segmentation",
     "plugins.pruning",
+    "plugins.families",
     "plugins.distillation",
     "plugins.quantization",
 )

@@ -1,5 +1,5 @@
-"""One registry per process: the enabled plugins' techniques (by stage), tasks and data sources,
-loaded and checked once.
+"""One registry per process: the enabled plugins' techniques (by stage), tasks, data sources and
+model families, loaded and checked once.
 
 The driver, each trial's process and the conformance helpers ask :func:`plugin_registry` for
 it; ``plugins.disable`` (and ``$VITOPT_DISABLE_PLUGINS``) applies to all three kinds, and a
@@ -17,6 +17,7 @@ from typing import Any
 
 from optimizer.config import CampaignError
 from optimizer.plugin_api.data_source import DataSource
+from optimizer.plugin_api.family import ModelFamily, covers
 from optimizer.plugin_api.hookspecs import ENTRY_POINT_GROUP
 from optimizer.plugin_api.task import Task
 from optimizer.plugin_api.technique import STAGES, ParamSpec, Stage
@@ -60,6 +61,23 @@ class Registry:
 
     def data_source(self, name: str, key: str = "data.source") -> DataSource:
         return self._entry("vitopt_register_datasets", name, key)
+
+    def model_family(self, model_name: str) -> ModelFamily | None:
+        """The first family, in registration order, that covers the timm model ``model_name``
+        (``None`` when none does)."""
+        families = self.named["vitopt_register_model_families"].values()
+        return next((f for f, _ in families if covers(f, model_name)), None)
+
+    def no_family(self, model_name: str, key: str = "model.name") -> str:
+        """Why ``model_name`` has no family: the line a refusal shows."""
+        families = self.named["vitopt_register_model_families"]
+        known = "; ".join(
+            f"{name}: {', '.join(family.model_names)}" for name, (family, _) in families.items()
+        )
+        return (
+            f"{key}: no model family covers {model_name!r} (families: {known or 'none'}; "
+            "see vitopt plugins)"
+        )
 
     def names(self, hook: str) -> list[str]:
         return sorted(self.named[hook])

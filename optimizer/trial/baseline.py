@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from optimizer.config import Campaign, ModelConfig
-from optimizer.plugin_api.task import Task
+from optimizer.plugin_api.task import Task, build_task_model
 from optimizer.plugin_api.training import train_epochs
 from optimizer.plugin_host.registry import plugin_registry
 
@@ -44,10 +44,21 @@ def baseline_path(campaign: Campaign) -> Path:
     return campaign.run_dir / "baseline" / f"{baseline_key(campaign)}.pt"
 
 
-def load_model(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.Module:
-    model = campaign_task(campaign).build_model(
-        campaign.model, num_classes, campaign.data.image_size
+def build_model(campaign: Campaign, config: Any, num_classes: int) -> nn.Module:
+    """The model of ``config`` (the campaign's ``model``, or its teacher's), built by the
+    campaign's task with the family that covers its name."""
+    registry = plugin_registry(campaign.plugins.disable)
+    return build_task_model(
+        registry.task(campaign.task.name),
+        config,
+        num_classes,
+        campaign.data.image_size,
+        registry.model_family(config.name),
     )
+
+
+def load_model(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.Module:
+    model = build_model(campaign, campaign.model, num_classes)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
@@ -61,7 +72,7 @@ def load_teacher(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.M
     if teacher.name is None:
         return load_model(campaign, num_classes, checkpoint)
     config = ModelConfig(name=teacher.name, kwargs=teacher.kwargs)
-    model = campaign_task(campaign).build_model(config, num_classes, campaign.data.image_size)
+    model = build_model(campaign, config, num_classes)
     model.load_state_dict(torch.load(teacher.checkpoint, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -81,7 +92,7 @@ def prepare_baseline(
     # As many threads as a trial gets: more oversubscribe a shared machine and crawl.
     torch.set_num_threads(campaign.execution.torch_threads)
     task = campaign_task(campaign)
-    model = task.build_model(campaign.model, splits.num_classes, campaign.data.image_size)
+    model = build_model(campaign, campaign.model, splits.num_classes)
     train = campaign.model.train
     loader = DataLoader(
         splits.train,

@@ -103,6 +103,8 @@ def _stage_context(
         calibration_method=campaign.data.calibration_method,
         trial_number=number,
         log=log,
+        model_name=campaign.model.name,
+        model_family=registry.model_family(campaign.model.name),
         **extra,
     )
 
@@ -286,7 +288,9 @@ def _run(
 
     def deployable(name: str) -> OnnxArtifact:
         with colocation.step():
-            artifact = OnnxArtifact(export_onnx(model, example, work / f"{name}.onnx"))
+            artifact = OnnxArtifact(
+                export_onnx(model, example, work / f"{name}.onnx", family=ctx.model_family)
+            )
             for technique in stages["quantize"]:
                 artifact = apply_technique(technique, artifact, params, ctx)
         return artifact

@@ -87,7 +87,9 @@ def check_leaves_unchanged(
             if fingerprint(model) != before:
                 raise DefaultsChangeTheModel(_changed(entry, params, model_label))
     artifact = OnnxArtifact(
-        export_onnx(model, example_input(ctx.input_shape), work / "defaults.onnx")
+        export_onnx(
+            model, example_input(ctx.input_shape), work / "defaults.onnx", family=ctx.model_family
+        )
     )
     digest = hashlib.sha256(artifact.path.read_bytes()).hexdigest()
     for entry in (e for e in entries if e.technique.stage == "quantize"):

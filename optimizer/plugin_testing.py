@@ -34,11 +34,12 @@ from optimizer.plugin_api import (
     Task,
     Technique,
 )
-from optimizer.plugin_api.task import onnx_rows, scores_outputs
+from optimizer.plugin_api.task import build_task_model, onnx_rows, scores_outputs
 from optimizer.plugin_host.checks import RegisteredTechnique
 from optimizer.plugin_host.registry import plugin_registry
 
 #: The model of the tests' tiny campaign: 16 px inputs, patch 4, 2 blocks of 4 heads, width 64.
+TINY_VIT_NAME = "vit_tiny_patch16_224"
 TINY_VIT = {"patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 4}
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
@@ -75,7 +76,7 @@ def tiny_vit(
 
     torch.manual_seed(seed)
     options = {**TINY_VIT, "img_size": image_size, "num_classes": num_classes, **kwargs}
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **options).eval()
+    return timm.create_model(TINY_VIT_NAME, pretrained=False, **options).eval()
 
 
 def random_loader(
@@ -105,8 +106,10 @@ def stage_context(
     **fields: Any,
 ) -> StageContext:
     """A :class:`StageContext` like the pipeline's, on random data: the classification task,
-    ``teacher`` as the teacher (none by default), an onnxruntime CPU device, trial 1. ``fields``
-    replace any of its fields (``device_info=``, ``report=``, ``task=`` ...)."""
+    ``teacher`` as the teacher (none by default), an onnxruntime CPU device, trial 1, the
+    :func:`tiny_vit`'s model name and family. ``fields`` replace any of its fields
+    (``device_info=``, ``report=``, ``task=``, ``model_name=`` ...); a ``model_name`` given
+    without ``model_family`` gets the family that covers it."""
     values: dict[str, Any] = {
         "input_shape": (1, 3, image_size, image_size),
         "num_classes": num_classes,
@@ -127,6 +130,8 @@ def stage_context(
         "trial_number": 1,
     }
     values.update(fields)
+    values.setdefault("model_name", TINY_VIT_NAME)
+    values.setdefault("model_family", plugin_registry().model_family(values["model_name"]))
     return StageContext(**values)
 
 
@@ -195,11 +200,15 @@ def _check_setting(
 
     example = torch.randn(*ctx.input_shape)
     if entry.technique.stage == "quantize":
-        subject = OnnxArtifact(export_onnx(model, example, work / "input.onnx"))
+        subject = OnnxArtifact(
+            export_onnx(model, example, work / "input.onnx", family=ctx.model_family)
+        )
         result = apply_technique(entry, subject, params, ctx)
     else:
         module = apply_technique(entry, model, params, ctx).eval()
-        result = OnnxArtifact(export_onnx(module, example, work / "result.onnx"))
+        result = OnnxArtifact(
+            export_onnx(module, example, work / "result.onnx", family=ctx.model_family)
+        )
     onnx.checker.check_model(str(result.path))
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     (output, *_) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
@@ -258,10 +267,11 @@ def check_task(
 
     task: Task = plugin_registry().task(name)
     splits = check_data_source(source, **data)
-    config = ModelConfig(**(model or {"name": "vit_tiny_patch16_224", "kwargs": dict(TINY_VIT)}))
+    config = ModelConfig(**(model or {"name": TINY_VIT_NAME, "kwargs": dict(TINY_VIT)}))
     task.check_model(config)
     image_size = splits.input_shape[-1]
-    net = task.build_model(config, splits.num_classes, image_size)
+    family = plugin_registry().model_family(config.name)
+    net = build_task_model(task, config, splits.num_classes, image_size, family)
     assert isinstance(net, torch.nn.Module), f"{name}.build_model returned {type(net).__name__}"
     inputs, labels = next(iter(DataLoader(splits.train, batch_size=4)))
     loss = task.loss(net(inputs), labels)
@@ -274,7 +284,7 @@ def check_task(
     few = Subset(splits.test, range(min(8, len(splits.test))))
     metric = task.torch_metric(net, DataLoader(few, batch_size=4))
     assert math.isfinite(float(metric)), f"{name}.torch_metric is {metric!r}"
-    path = export_onnx(net, inputs[:1], Path(work_dir) / f"{name}.onnx")
+    path = export_onnx(net, inputs[:1], Path(work_dir) / f"{name}.onnx", family=family)
     metrics = dict(task.evaluate_onnx_metrics(path, few))
     assert SCORE in metrics, f"{name}.evaluate_onnx_metrics has no {SCORE!r} key"
     score = float(metrics[SCORE])

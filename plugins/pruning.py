@@ -359,7 +359,7 @@ class TorchPruning:
                 "categorical",
                 default="none",  # the baseline: nothing removed
                 choices=METHODS,
-                help="what to remove: attention heads, MLP hidden channels, both, or nothing",
+                help="what to remove: attention heads, hidden channels (MLPs, convs), both, or nothing",
             ),
             ParamSpec(
                 "prune.ratio",
@@ -368,7 +368,7 @@ class TorchPruning:
                 low=RATIO_RANGE[0],
                 high=RATIO_RANGE[1],
                 when=when,
-                help="fraction of heads per block / MLP hidden channels to remove",
+                help="fraction of heads per block / of each hidden width to remove",
             ),
             ParamSpec(
                 "prune.importance",

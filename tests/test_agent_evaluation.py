@@ -206,13 +206,14 @@ def test_a_segmentation_model_scores_the_same_miou_from_the_devices_outputs(
     from optimizer.config import ModelConfig
     from optimizer.trial.evaluation import test_inputs
     from optimizer.trial.export import export_onnx
+    from plugins.families.vit import VIT
     from plugins.segmentation import Segmentation
     from plugins.uav_data import load_synthetic_splits
 
     task = Segmentation()
     torch.manual_seed(0)
     kwargs = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 4, "head_width": 32}
-    model = task.build_model(ModelConfig(name="vit_tiny_patch16_224", kwargs=kwargs), 6, 32)
+    model = task.build_model(ModelConfig(name="vit_tiny_patch16_224", kwargs=kwargs), 6, 32, VIT)
     path = export_onnx(model.eval(), torch.randn(1, 3, 32, 32), tmp_path / "seg.onnx")
     if kind == "int8":
         with ort_quantization() as quantization:

@@ -27,13 +27,14 @@ from optimizer.plugin_api.model_stats import (
 )
 from optimizer.trial.export import export_onnx
 from plugins.digits import load_digits_splits
+from plugins.families.vit import VIT
 from plugins.pruning import (
     METHODS,
     PruningUnsupported,
     TorchPruning,
     heads_to_remove,
     kept_mlp_width,
-    prune_vit,
+    prune_model,
     vitopt_register_techniques,
 )
 
@@ -63,7 +64,7 @@ def base_macs(name: str) -> int:
     return count_macs(tiny(name), INPUT)
 
 
-def make_ctx(tmp_path: Path, train_loader: object = ()) -> StageContext:
+def make_ctx(tmp_path: Path, train_loader: object = (), family: object = VIT) -> StageContext:
     return StageContext(
         input_shape=(1, *INPUT),  # batched, as the trial pipeline passes it
         num_classes=10,
@@ -74,6 +75,7 @@ def make_ctx(tmp_path: Path, train_loader: object = ()) -> StageContext:
         work_dir=tmp_path,
         seed=0,
         log=logging.getLogger("test.pruning"),
+        model_family=family,
     )
 
 
@@ -184,7 +186,7 @@ def test_pruning_dead_heads_and_channels_keeps_the_function(tmp_path: Path) -> N
     with torch.no_grad():
         want = model(x)
 
-    prune_vit(model, method="heads+mlp", ratio=0.5, example=x[:1])
+    prune_model(model, VIT, method="heads+mlp", ratio=0.5, example=x[:1])
 
     assert heads(model) == [1] * DEPTH
     assert mlp_widths(model) == [384] * DEPTH
@@ -254,17 +256,22 @@ def test_width_and_head_rules() -> None:
     assert kept_mlp_width(20, 0.7, 8) == 8  # never below one multiple
 
 
-def test_non_vit_model_is_refused(tmp_path: Path) -> None:
+def test_a_model_no_family_covers_is_refused(tmp_path: Path) -> None:
     import torchvision
 
     resnet = torchvision.models.resnet18(num_classes=10)
-    with pytest.raises(PruningUnsupported, match=r"ResNet: .*no timm Attention"):
-        TorchPruning().apply(resnet, params("heads+mlp"), make_ctx(tmp_path))
-    with pytest.raises(PruningUnsupported, match=r"ResNet: .*no timm Mlp"):
-        TorchPruning().apply(resnet, params("mlp"), make_ctx(tmp_path))
+    with pytest.raises(PruningUnsupported, match=r"^ResNet: no model family covers it"):
+        TorchPruning().apply(resnet, params("heads+mlp"), make_ctx(tmp_path, family=None))
+    # Handed to a family whose blocks it lacks, the family's rules find nothing to remove.
+    with pytest.raises(
+        PruningUnsupported, match=r"ResNet: .*vit model has none.*no timm Attention"
+    ):
+        prune_model(resnet, VIT, method="heads", ratio=0.5, example=torch.randn(1, *INPUT))
+    with pytest.raises(PruningUnsupported, match=r"ResNet: .*no MLP or conv block"):
+        prune_model(resnet, VIT, method="mlp", ratio=0.5, example=torch.randn(1, *INPUT))
     assert issubclass(PruningUnsupported, ValueError)
     # "none" is a no-op whatever the model.
-    assert TorchPruning().apply(resnet, params("none"), make_ctx(tmp_path)) is resnet
+    assert TorchPruning().apply(resnet, params("none"), make_ctx(tmp_path, family=None)) is resnet
 
 
 def test_single_head_model_is_refused_for_heads(tmp_path: Path) -> None:
@@ -277,7 +284,7 @@ def test_qk_norm_heads_prune_and_gated_attention_is_refused(tmp_path: Path) -> N
     model = tiny(qk_norm=True)
     pruned = TorchPruning().apply(model, params("heads", 0.5), make_ctx(tmp_path))
     assert heads(pruned) == [1] * DEPTH
-    assert isinstance(pruned.blocks[0].attn.q_norm, nn.LayerNorm)  # put back, still head_dim
+    assert isinstance(pruned.blocks[0].attn.q_norm, nn.LayerNorm)  # whole heads: still head_dim
     assert pruned.blocks[0].attn.q_norm.normalized_shape == (64,)
     with torch.no_grad():
         assert pruned(torch.randn(2, *INPUT)).shape == (2, 10)

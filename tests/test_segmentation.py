@@ -18,9 +18,10 @@ from optimizer.plugin_api import OnnxArtifact, StageContext
 from optimizer.plugin_api.model_stats import count_params
 from optimizer.trial.export import export_onnx
 from plugins.distillation import KnowledgeDistillation, kd_loss
-from plugins.pruning import prune_vit
+from plugins.families.vit import VIT, level_indices
+from plugins.pruning import prune_model
 from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, Int8Quantization
-from plugins.segmentation import Segmentation, build_segmentation_model, level_indices
+from plugins.segmentation import Segmentation, build_segmentation_model
 from plugins.segmentation_metrics import (
     confusion_matrix,
     mean_iou,
@@ -144,7 +145,7 @@ def test_a_missing_label_is_named(tmp_path: Path) -> None:
 def _model(num_classes: int = 6, size: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelConfig(name="vit_tiny_patch16_224", kwargs=SMALL)
-    return Segmentation().build_model(config, num_classes, size).eval()
+    return Segmentation().build_model(config, num_classes, size, VIT).eval()
 
 
 def test_levels_are_evenly_spaced() -> None:
@@ -157,7 +158,7 @@ def test_the_model_outputs_logits_at_the_input_size() -> None:
     model = _model()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 6, 32, 32)
     assert model.head.classifier.out_channels == 6
-    wide = build_segmentation_model("vit_tiny_patch16_224", {**SMALL, "head_width": 48}, 6, 32)
+    wide = build_segmentation_model("vit_tiny_patch16_224", {**SMALL, "head_width": 48}, 6, 32, VIT)
     assert wide.head.fuse[0].out_channels == 48
 
 
@@ -170,7 +171,7 @@ def test_pruning_shrinks_backbone_and_head_and_still_exports(tmp_path: Path) -> 
     before = count_params(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prune_vit(model, method="heads+mlp", ratio=0.5, example=torch.randn(1, 3, 32, 32))
+        prune_model(model, VIT, method="heads+mlp", ratio=0.5, example=torch.randn(1, 3, 32, 32))
     assert count_params(model) < 0.7 * before
     assert model.backbone.blocks[0].attn.num_heads == 2
     assert model.backbone.blocks[0].mlp.fc1.out_features == 128
@@ -223,7 +224,7 @@ def test_distillation_fine_tunes_a_pruned_seg_model_and_reports_miou(tmp_path: P
     student = _model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prune_vit(student, method="mlp", ratio=0.5, example=torch.randn(1, 3, 32, 32))
+        prune_model(student, VIT, method="mlp", ratio=0.5, example=torch.randn(1, 3, 32, 32))
     reports: list = []
     params = {
         "train.epochs": 1,

@@ -184,7 +184,8 @@ def evaluation_place(campaign: Campaign, info: dict[str, Any], task: Any) -> tup
 def preflight(campaign: Campaign) -> Registry:
     """What the campaign file names that only the enabled plugins know, checked by them: the
     plugins themselves (PluginError for a broken one), its data source and the ``data`` settings
-    that source needs, its task and the ``model`` it can build (CampaignError naming the key)."""
+    that source needs, its task and the ``model`` it can build, and a model family for the
+    model when a technique works by one (CampaignError naming the key)."""
 
     def key(name: str) -> str:  # as load_campaign names them: FILE: KEY
         return f"{campaign.source}: {name}" if campaign.source else name
@@ -200,6 +201,16 @@ def preflight(campaign: Campaign) -> Registry:
         task.check_model(campaign.model)
     except ValueError as exc:
         raise CampaignError(f"{key('model.name')}: {exc}") from exc
+    needing = [
+        entry.technique.name
+        for entry in registry.techniques
+        if getattr(entry.technique, "needs_model_family", False)
+    ]
+    if needing and registry.model_family(campaign.model.name) is None:
+        raise CampaignError(
+            f"{registry.no_family(campaign.model.name, key('model.name'))}: "
+            f"{', '.join(needing)} works by a family's rules (plugins.disable turns it off)"
+        )
     return registry
 
 

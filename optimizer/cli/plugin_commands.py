@@ -19,6 +19,7 @@ from rich.table import Table
 
 from optimizer.config import Campaign, CampaignError, ParamOverride, load_campaign
 from optimizer.plugin_api.technique import STAGES, ParamSpec
+from optimizer.plugin_host.checks import NAMED_HOOKS
 from optimizer.plugin_host.manager import DISABLE_ENV, disabled_names
 from optimizer.plugin_host.survey import PluginStatus, Survey, survey
 
@@ -83,17 +84,19 @@ def _status(plugin: PluginStatus, campaign_disable: set[str], env_disable: set[s
 
 
 def _provides(plugin: PluginStatus) -> str:
-    """What a plugin registers besides techniques (tasks, data sources, lifecycle hooks)."""
+    """What a plugin registers besides techniques (tasks, data sources, model families,
+    lifecycle hooks)."""
     parts = []
     if plugin.tasks:
         parts.append("tasks: " + ", ".join(plugin.tasks))
     if plugin.datasets:
         parts.append("data sources: " + ", ".join(plugin.datasets))
+    if plugin.model_families:
+        parts.append("model families: " + ", ".join(plugin.model_families))
     others = [
         h.removeprefix("vitopt_")
         for h in plugin.hooks
-        if h
-        not in ("vitopt_register_techniques", "vitopt_register_tasks", "vitopt_register_datasets")
+        if h not in ("vitopt_register_techniques", *NAMED_HOOKS)
     ]
     if others:
         parts.append("hooks: " + ", ".join(others))
@@ -197,6 +200,7 @@ def plugins_json(
                 "hooks": plugin.hooks,
                 "tasks": plugin.tasks,
                 "data_sources": plugin.datasets,
+                "model_families": plugin.model_families,
                 "techniques": [
                     {
                         "name": technique.name,

@@ -33,7 +33,7 @@ class PluginStatus:
     source: PluginSource
     disabled: bool
     techniques: list[Technique] = field(default_factory=list)
-    # Names it registers, by hook (vitopt_register_tasks, vitopt_register_datasets).
+    # Names it registers, by hook (tasks, data sources, model families: NAMED_HOOKS).
     named: dict[str, list[str]] = field(default_factory=dict)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
@@ -45,6 +45,10 @@ class PluginStatus:
     @property
     def datasets(self) -> list[str]:
         return self.named.get("vitopt_register_datasets", [])
+
+    @property
+    def model_families(self) -> list[str]:
+        return self.named.get("vitopt_register_model_families", [])
 
 
 @dataclass

@@ -63,15 +63,23 @@ def export_onnx(
 
 def fold_shapes(path: Path) -> None:
     """Rewrite the ONNX file at ``path`` with onnxruntime's basic graph optimizations (constant
-    folding of the static shapes, redundant nodes removed): standard ONNX ops only, the same
-    outputs. The operator sets onnxruntime declares but the graph does not use are dropped."""
+    folding of the static shapes, redundant nodes removed, a norm folded into the conv before
+    it): standard ONNX ops only, the same outputs. The operator sets onnxruntime declares but
+    the graph does not use are dropped."""
     import onnxruntime as ort
 
     folded = path.with_name(path.name + ".folded")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(folded)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # MatMul+Add → Gemm would hide the weight MatMuls from the int8 quantizers, which target
+    # MatMul (a quantized Gemm is a com.microsoft op); every other basic rewrite only removes.
+    ort.InferenceSession(
+        str(path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=["MatMulAddFusion"],
+    )
     model = onnx.load(str(folded))
     used = {node.domain or "" for node in model.graph.node}
     kept = [o for o in model.opset_import if (o.domain or "") in used | {""}]

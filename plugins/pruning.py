@@ -359,7 +359,7 @@ class TorchPruning:
                 "categorical",
                 default="none",  # the baseline: nothing removed
                 choices=METHODS,
-                help="what to remove: attention heads, hidden channels (MLPs, convs), both, or nothing",
+                help="what to remove: attention heads, hidden channels, both, or nothing",
             ),
             ParamSpec(
                 "prune.ratio",

@@ -149,7 +149,7 @@ def test_space_file_is_merged_and_campaign_wins(tmp_path: Path) -> None:
 
 
 def test_shipped_campaigns_are_valid() -> None:
-    files = sorted((REPO / "search_spaces").glob("*.yaml"))
+    files = sorted((REPO / "search_spaces").rglob("*.yaml"))
     assert files
     for path in files:
         load_campaign(path)

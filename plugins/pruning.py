@@ -316,6 +316,10 @@ def _accumulate_gradients(
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for x, y in batches or ():
+            # A round trip through training mode drops what a module cached in eval mode from a
+            # graph already backpropagated (timm's attention-bias caches: LeViT, EfficientFormer).
+            model.train()
+            model.eval()
             out = model(x)
             if isinstance(out, (tuple, list)):  # e.g. a distilled DeiT's (cls, dist) pair
                 out = out[0]

@@ -5,8 +5,9 @@ are built from (the technique as a campaign would find it, a tiny timm ViT, a
 The checks are what a campaign relies on, run on the installed plugin as a campaign finds it
 (like Optuna's ``optuna.testing`` suite for third-party storages): :func:`check_technique`
 (at its defaults it leaves a model unchanged, other settings return the right type and
-export), :func:`check_data_source` (the splits a campaign needs) and :func:`check_task` (its
-loss, metrics and model on a data source's splits, through an exported ONNX file). Each raises
+export), :func:`check_data_source` (the splits a campaign needs), :func:`check_task` (its
+loss, metrics and model on a data source's splits, through an exported ONNX file) and
+:func:`check_family` (what a model family declares holds on a model it covers). Each raises
 ``AssertionError`` saying what broke. ``vitopt plugin new`` generates tests that call them::
 
     from optimizer.plugin_testing import check_technique
@@ -299,3 +300,91 @@ def check_task(
         assert device == score, f"{name}: evaluate_outputs gives {device}, the host {score}"
     assert isinstance(task.metric_name, str) and task.metric_name, f"{name}: no metric_name"
     return score
+
+
+def check_family(
+    name: str, model_name: str, work_dir: Path, image_size: int = 64, **kwargs: Any
+) -> Any:
+    """The model family ``name`` covers the timm model ``model_name`` (built with ``kwargs``,
+    random weights) and what it declares holds on that model, as a pruner and the segmentation
+    decoder read it:
+
+    - every head's rows of its producers and columns of its consumers are disjoint, the same
+      count each, and together the whole width; every per-head tensor has a slot per head;
+    - every channel group's root is a ``Linear`` or conv of the model; it finds something to
+      prune (heads or widths), or says why there are no heads;
+    - prepared by it, the model exports (opset 16) to what torch computes, with no op the
+      Nano's TensorRT 8.2 lacks;
+    - its decoder features, of the backbone built without a classifier, are at most
+      ``MAX_DECODE_LEVELS`` NCHW maps of batch 1.
+
+    Returns the family's :class:`~optimizer.plugin_api.Prunable` for the model."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from optimizer.plugin_api.family import MAX_DECODE_LEVELS, ModelFamily, Prunable
+    from optimizer.plugin_api.task import create_timm_model
+    from optimizer.trial.export import export_onnx
+    from optimizer.trial.nano_ops import unsupported_ops
+
+    family = plugin_registry().model_family(model_name)
+    assert family is not None, plugin_registry().no_family(model_name)
+    assert family.name == name, f"{model_name} resolves to family {family.name!r}, not {name!r}"
+    assert isinstance(family, ModelFamily)
+    torch.manual_seed(0)
+    model = create_timm_model(model_name, False, image_size, num_classes=NUM_CLASSES, **kwargs)
+    model.eval()
+    found = family.prunable(model)
+    assert isinstance(found, Prunable), f"{name}.prunable returned {type(found).__name__}"
+    assert found.heads or found.channels, f"{name}: nothing to prune in {model_name}"
+    assert found.heads or found.no_heads, f"{name}: no heads, and no reason why"
+    layers = {id(m) for m in model.modules()}
+    for slices in found.heads:
+        _check_heads(name, slices, layers)
+    for group in found.channels:
+        assert id(group.root) in layers and id(group.block) in layers, (
+            f"{name}: a channel group's root or block is not a module of {model_name}"
+        )
+        assert isinstance(group.root, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)), (
+            f"{name}: a channel group's root is a {type(group.root).__name__}"
+        )
+    x = torch.randn(1, 3, image_size, image_size)
+    path = export_onnx(model, x, Path(work_dir) / f"{name}.onnx", family=family)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max()))
+    missing = unsupported_ops(path)
+    assert not missing, f"{name}: {model_name} exports ops TensorRT 8.2 lacks: {missing}"
+    backbone = create_timm_model(model_name, False, image_size, num_classes=0, **kwargs).eval()
+    with torch.no_grad():
+        maps = family.features(backbone, x)
+    assert 1 <= len(maps) <= MAX_DECODE_LEVELS, f"{name}: {len(maps)} decoder feature maps"
+    for index, fmap in enumerate(maps):
+        assert fmap.dim() == 4 and fmap.shape[0] == 1, (
+            f"{name}: decoder feature {index} has shape {tuple(fmap.shape)}, not (1, C, H, W)"
+        )
+    return found
+
+
+def _check_heads(name: str, slices: Any, layers: set[int]) -> None:
+    heads = slices.num_heads
+    modules = [slices.block, *slices.producers, *slices.consumers]
+    assert all(id(m) in layers for m in modules), f"{name}: a head slice names a foreign module"
+    for side, owners, width_of in (
+        ("rows", slices.output_rows, lambda m: m.weight.shape[0]),
+        ("columns", slices.input_columns, lambda m: m.weight.shape[1]),
+    ):
+        parts = [list(owners(h)) for h in range(heads)]
+        flat = sorted(i for part in parts for i in part)
+        assert len({len(part) for part in parts}) == 1, f"{name}: heads own unequal {side}"
+        assert flat == sorted(set(flat)), f"{name}: heads share {side}"
+        for layer in slices.producers if side == "rows" else slices.consumers:
+            assert flat == list(range(width_of(layer))), (
+                f"{name}: the heads' {side} do not cover {type(layer).__name__}'s width"
+            )
+    for module, attribute, dim in slices.per_head:
+        size = getattr(module, attribute).shape[dim]
+        assert size == heads, f"{name}: {attribute} has {size} slots on dim {dim}, not {heads}"

@@ -57,6 +57,13 @@ BROKEN = {
         _changed("model.name", "vit_tiny_patch16_2244"),
         "model.name: timm has no model 'vit_tiny_patch16_2244' (close: vit_tiny_patch16_224",
     ),
+    "a model no family covers, pruned": (
+        _changed("model", {"name": "resnet18"}),
+        "model.name: no model family covers 'resnet18' (families: vit: vit_*, deit_*; swin: "
+        "swin_*; mobilevit: mobilevit_*, mobilevitv2_*; efficientformer: efficientformer_*, "
+        "efficientformerv2_*; levit: levit_*; see vitopt plugins): torch_pruning works by a "
+        "family's rules (plugins.disable turns it off)",
+    ),
 }
 
 

@@ -283,3 +283,12 @@ def test_pixel_wise_distillation_from_a_swin_teacher_into_a_mobilevit_student(
     }
     KnowledgeDistillation().apply(student, params, ctx)
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_built_in_families_pass_the_conformance_check(name: str, tmp_path: Path) -> None:
+    from optimizer.plugin_testing import check_family
+
+    size, expected, methods = MODELS[name]
+    found = check_family(expected, name, tmp_path, image_size=size)
+    assert bool(found.heads) == ("heads" in methods)

@@ -1,7 +1,7 @@
 """The declared plugin API: the built-in plugins pass the conformance checks a third-party plugin
 runs on itself (optimizer.plugin_testing), the registry refuses what breaks the contract, and
 the guide's task and data source (docs/plugins.md, sections 10 and 11) install from the page
-and run a campaign."""
+and run a campaign, and its model family (section 13) passes its check and prunes."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ from optimizer.plugin_testing import (
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "plugins.md"
 EXAMPLE_MARK = "# example: vitopt_regression/plugin.py"
+FAMILY_MARK = "# example: vitopt_convnext/plugin.py"
+# Planted beside the guide's family: one whose rules find nothing in the models it claims.
+EMPTY_FAMILY = """
+
+class EmptyFamily(ModelFamilyBase):
+    name = "empty"
+    model_names = ("convnextv2_*",)
+
+    def prunable(self, model):
+        return Prunable()
+
+
+@hookimpl(specname="vitopt_register_model_families")
+def register_the_empty_family():
+    return {"empty": EmptyFamily()}
+"""
 
 
 # --- the built-ins keep the contract they declare --------------------------------------------
@@ -164,11 +180,11 @@ def test_one_registry_per_process_until_the_plugins_change(monkeypatch) -> None:
 # --- a third-party task and data source, from the guide ------------------------------------
 
 
-def guide_example() -> str:
-    """The guide's example module: its code blocks marked EXAMPLE_MARK, in page order."""
+def guide_example(mark: str = EXAMPLE_MARK, parts: int = 2) -> str:
+    """The guide's example module: its code blocks marked ``mark``, in page order."""
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
-    marked = [block for block in blocks if block.startswith(EXAMPLE_MARK)]
-    assert len(marked) == 2, "the guide's task and data source sections each show one part"
+    marked = [block for block in blocks if block.startswith(mark)]
+    assert len(marked) == parts, f"the guide shows {len(marked)} parts marked {mark!r}"
     return "\n\n".join(marked)
 
 
@@ -238,3 +254,43 @@ def test_a_third_party_task_runs_a_campaign(regression: Path, tmp_path: Path) ->
     status = vitopt("status", str(campaign), env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "R²" in status.stdout
+
+
+# --- a third-party model family, from the guide ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_guides_model_family_passes_the_conformance_check_and_prunes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import torch
+
+    from optimizer.plugin_api.model_stats import count_params
+    from optimizer.plugin_api.task import create_timm_model
+    from optimizer.plugin_testing import check_family
+    from plugins.pruning import prune_model
+
+    target = tmp_path / "target"
+    module = guide_example(FAMILY_MARK, parts=1) + EMPTY_FAMILY
+    pip_install(write_plugin_package(tmp_path / "src", "convnext", module), target)
+    listed = vitopt("plugins", "--json", env=env_with(target), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    by_name = {p["name"]: p for p in json.loads(listed.stdout)["plugins"]}
+    assert sorted(by_name["convnext"]["model_families"]) == ["convnext", "empty"]
+
+    monkeypatch.delenv("VITOPT_DISABLE_PLUGINS", raising=False)
+    monkeypatch.syspath_prepend(str(target))
+    importlib.invalidate_caches()
+    try:
+        found = check_family("convnext", "convnext_atto", tmp_path)
+        assert not found.heads and found.channels
+        model = create_timm_model("convnext_atto", False, 64, num_classes=10).eval()
+        before = count_params(model)
+        family = plugin_registry().model_family("convnext_atto")
+        prune_model(model, family, method="mlp", ratio=0.5, example=torch.randn(1, 3, 64, 64))
+        assert count_params(model) < 0.7 * before
+        with pytest.raises(AssertionError, match="empty: nothing to prune in convnextv2_atto"):
+            check_family("empty", "convnextv2_atto", tmp_path)
+    finally:
+        for name in [m for m in sys.modules if m.startswith("vitopt_convnext")]:
+            del sys.modules[name]

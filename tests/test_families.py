@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from optimizer.plugin_api import ModelFamily, OnnxArtifact
-from optimizer.plugin_api.model_stats import count_params
+from optimizer.plugin_api.model_stats import count_macs, count_params
 from optimizer.plugin_api.task import create_timm_model
 from optimizer.plugin_host.registry import plugin_registry
 from optimizer.plugin_testing import stage_context
@@ -114,15 +114,18 @@ def test_pruning_at_two_ratios_exports_what_torch_computes(name: str, tmp_path: 
     fam, x = family(name), example(name)
     method = methods[-1]  # the most each family removes
     counts = [count_params(_built(name))]
+    macs = [count_macs(_built(name), x.shape)]
     for ratio in RATIOS:
         model = build(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prune_model(model, fam, method=method, ratio=ratio, example=x)
         counts.append(count_params(model))
+        macs.append(count_macs(model, x.shape))
         path = assert_onnx_matches(model, x, tmp_path / f"{ratio}.onnx", fam)
         assert unsupported_ops(path) == [], f"{name} exports ops TensorRT 8.2 lacks"
     assert counts[0] > counts[1] > counts[2], counts
+    assert macs[0] > macs[1] > macs[2], macs
 
 
 @pytest.mark.parametrize("name", ["mobilevitv2_050", "efficientformerv2_s0"])

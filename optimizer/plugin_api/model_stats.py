@@ -71,17 +71,30 @@ def count_params(model: torch.nn.Module) -> int:
 def count_macs(model: torch.nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulate operations of one forward pass at batch 1.
 
-    Counted by ``torch_pruning.utils.count_ops_and_params`` (despite its name it counts MACs,
-    one per multiply-add, not FLOPs = 2 × MACs), which includes the attention matmuls of timm
-    ``Attention`` blocks, so pruned heads show up in the number. It runs on a deep copy in
-    eval mode, so the model itself (and its train/eval mode) is left as it was.
+    Counted by torch's ``FlopCounterMode`` at the operator level (FLOPs / 2): every matmul and
+    convolution the forward dispatches, whichever module issues it, so the attention matmuls of
+    every family count (LeViT's and EfficientFormer's explicit ``q @ k``, Swin's windows, and
+    fused ``scaled_dot_product_attention``, for which the CPU kernel's formula is added here)
+    and pruned heads show up in the number. Elementwise ops and norms are not counted. It runs
+    without gradients in eval mode, and the model's mode is restored.
     ``input_shape`` is ``(C, H, W)`` or ``(1, C, H, W)``.
     """
-    from torch_pruning.utils import count_ops_and_params
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    def cpu_attention(query, key, value, *_args, out_shape=None, **_kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
     example = example_input(input_shape, model_device(model))
-    macs, _params = count_ops_and_params(model, example)
-    return int(macs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
 
 
 def onnx_size_bytes(path: Path | str) -> int:

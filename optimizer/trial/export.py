@@ -1,8 +1,9 @@
 """Export a torch model to the ONNX file the device will run.
 
-Opset 16 by default: TensorRT 8.2 on a Jetson Nano (JetPack 4.6) parses up to opset 16 and has no
-LayerNormalization op (opset 17, TensorRT >= 8.6), so a ViT's layer norms are exported as
-primitive ops. The TorchScript exporter (``dynamo=False``) exports a pruned timm ViT in about a
+Opset 16 by default, below LayerNormalization (opset 17), which the Nano's TensorRT 8.2
+(JetPack 4.6.1/4.6.2) lacks: a ViT's layer norms are exported as primitive ops. (onnx-tensorrt's
+8.2 operator table is headed "up to Opset 13"; :mod:`optimizer.trial.nano_ops` lists its
+operators and checks a file against them.) The TorchScript exporter (``dynamo=False``) exports a pruned timm ViT in about a
 second, ten times faster than the dynamo exporter, and always writes one self-contained file.
 
 The graph has static shapes (a batch of 1 at the model's input size), so every shape

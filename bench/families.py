@@ -7,8 +7,9 @@ its family's rules at each ratio (``--ratios``, 0.3 and 0.6) with the most its f
 (``heads+mlp``, or ``mlp`` where the family has no heads to slice), each exported as a campaign
 exports it (opset 16, shapes folded, prepared by the family). A real loopback agent
 (onnxruntime, ``JETSON_AGENT_ORT_THREADS=1``) times every pruned model in a paired job against
-the unpruned one (``spec.reference``: alternating blocks of >= 50 ms, >= 10 rounds, until the
-speedup's 95 % interval is +-2 % or ``--max-time-s``), ``--passes`` times, models in a shuffled
+the unpruned one (``spec.reference``: ``quantization.paired_job``'s, alternating blocks of
+>= 50 ms, >= 10 rounds, until the speedup's 95 % interval is +-2 % or ``--max-time-s``),
+``--passes`` times, models in a shuffled
 order per pass. Nothing trains while it runs.
 
     .venv/bin/python bench/families.py [--quick] [--passes 3] [--max-time-s 10]
@@ -85,28 +86,6 @@ def export_variants(
     return {"family": family.name, "method": method, "variants": variants}
 
 
-def paired(client: Any, model: Path, reference: Path, max_time_s: float) -> dict[str, Any]:
-    from optimizer.device.client import Reference
-
-    spec = {
-        "warmup": 10,
-        "min_repeat_ms": 50,
-        "ratio_ci": 0.02,
-        "max_time_s": max_time_s,
-        "use_cache": False,
-    }
-    result = client.measure(model, spec, reference=Reference(reference))
-    job = result["paired"]
-    return {
-        "speedup": round(job["speedup"], 4),
-        "ci": [round(v, 4) for v in job["speedup_ci"]],
-        "rounds": job["rounds"],
-        "stopped_by": job["stopped_by"],
-        "reference_p50_ms": round(job["reference"]["latency_ms"]["p50"], 3),
-        "p50_ms": round(result["latency_ms"]["p50"], 3),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one pass, short jobs, 64 px")
@@ -122,6 +101,8 @@ def main() -> None:
     names = args.models or list(MODELS)
 
     warnings.filterwarnings("ignore")
+    from quantization import paired_job
+
     from optimizer.device.client import AgentClient
     from optimizer.device.local_agent import local_agent
 
@@ -147,7 +128,7 @@ def main() -> None:
                 for name, ratio in pairs:
                     log(f"pass {number + 1}/{passes}: {name} at {ratio} against unpruned")
                     variants = built[name]["variants"]
-                    job = paired(
+                    job = paired_job(
                         client, variants[ratio]["path"], variants["0.0"]["path"], max_time_s
                     )
                     jobs.setdefault((name, ratio), []).append(job)

@@ -188,6 +188,8 @@ def graph_ops(path: Path, folder: Path) -> dict[str, Any]:
 
 
 def paired_job(client: Any, model: Path, reference: Path, max_time_s: float) -> dict[str, Any]:
+    """``model`` timed paired against ``reference`` by the agent (uncached): the speedup, its
+    interval, and both halves' p50 (also used by ``families.py``)."""
     from optimizer.device.client import Reference
 
     spec = {"warmup": 20, "min_repeat_ms": 50, "ratio_ci": 0.02, "max_time_s": max_time_s}
@@ -198,8 +200,8 @@ def paired_job(client: Any, model: Path, reference: Path, max_time_s: float) -> 
         "ci": [round(x, 4) for x in paired["speedup_ci"]],
         "rounds": paired["rounds"],
         "stopped_by": paired["stopped_by"],
-        "fp32_p50_ms": round(paired["reference"]["latency_ms"]["p50"], 3),
-        "int8_p50_ms": round(result["latency_ms"]["p50"], 3),
+        "reference_p50_ms": round(paired["reference"]["latency_ms"]["p50"], 3),
+        "p50_ms": round(result["latency_ms"]["p50"], 3),
     }
 
 

@@ -44,6 +44,13 @@ MODELS = {
     "levit_128s": (64, "levit", ("heads", "mlp", "heads+mlp")),
 }
 RATIOS = (0.3, 0.6)
+KD_ONE_EPOCH = {
+    "train.epochs": 1,
+    "train.lr": 1e-3,
+    "distill.enabled": True,
+    "distill.temperature": 2.0,
+    "distill.alpha": 0.5,
+}
 
 
 def family(name: str) -> ModelFamily:
@@ -215,14 +222,7 @@ def test_cross_family_logit_distillation_fine_tunes(
         report=lambda step, value: reports.append((step, value)),
     )
     before = copy.deepcopy(model.state_dict())
-    params = {
-        "train.epochs": 1,
-        "train.lr": 1e-3,
-        "distill.enabled": True,
-        "distill.temperature": 2.0,
-        "distill.alpha": 0.5,
-    }
-    KnowledgeDistillation().apply(model, params, ctx)
+    KnowledgeDistillation().apply(model, KD_ONE_EPOCH, ctx)
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -277,14 +277,7 @@ def test_pixel_wise_distillation_from_a_swin_teacher_into_a_mobilevit_student(
         val_loader=DataLoader(Subset(splits.val, range(8)), batch_size=8),
         report=lambda step, value: reports.append((step, value)),
     )
-    params = {
-        "train.epochs": 1,
-        "train.lr": 1e-3,
-        "distill.enabled": True,
-        "distill.temperature": 2.0,
-        "distill.alpha": 0.5,
-    }
-    KnowledgeDistillation().apply(student, params, ctx)
+    KnowledgeDistillation().apply(student, KD_ONE_EPOCH, ctx)
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0
 
 
@@ -295,3 +288,38 @@ def test_the_built_in_families_pass_the_conformance_check(name: str, tmp_path: P
     size, expected, methods = MODELS[name]
     found = check_family(expected, name, tmp_path, image_size=size)
     assert bool(found.heads) == ("heads" in methods)
+
+
+def test_a_segmentation_campaign_loads_a_teacher_of_another_family(tmp_path: Path) -> None:
+    """A MobileViT student's campaign names a Swin teacher and its checkpoint: the teacher is
+    built as a segmentation model by the Swin family's rules and loads the checkpoint."""
+    import yaml
+
+    from optimizer.config import load_campaign
+    from optimizer.trial.baseline import load_teacher
+
+    swin = "swin_tiny_patch4_window7_224"
+    torch.manual_seed(0)
+    reference = build_segmentation_model(swin, {"head_width": 32}, 6, 64, family(swin))
+    torch.save(reference.state_dict(), tmp_path / "teacher.pt")
+    data = {
+        "name": "cross",
+        "task": {"name": "segmentation"},
+        "model": {"name": "mobilevit_xxs", "kwargs": {"head_width": 32}},
+        "teacher": {
+            "name": swin,
+            "kwargs": {"head_width": 32},
+            "checkpoint": str(tmp_path / "teacher.pt"),
+        },
+        "data": {"source": "uav_synthetic", "image_size": 64},
+        "objective": {"max_accuracy_drop": 0.02},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    teacher = load_teacher(load_campaign(tmp_path / "c.yaml"), 6, tmp_path / "unused.pt")
+    assert teacher.family.name == "swin" and len(teacher.head.sizes) == 4
+    for (key, got), want in zip(
+        teacher.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.equal(got, want), key
+    with torch.no_grad():
+        assert teacher(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)

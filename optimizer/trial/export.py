@@ -3,8 +3,9 @@
 Opset 16 by default, below LayerNormalization (opset 17), which the Nano's TensorRT 8.2
 (JetPack 4.6.1/4.6.2) lacks: a ViT's layer norms are exported as primitive ops. (onnx-tensorrt's
 8.2 operator table is headed "up to Opset 13"; :mod:`optimizer.trial.nano_ops` lists its
-operators and checks a file against them.) The TorchScript exporter (``dynamo=False``) exports a pruned timm ViT in about a
-second, ten times faster than the dynamo exporter, and always writes one self-contained file.
+operators and checks a file against them.) The TorchScript exporter (``dynamo=False``) exports a
+pruned timm ViT in about a second, ten times faster than the dynamo exporter, and always writes
+one self-contained file.
 
 The graph has static shapes (a batch of 1 at the model's input size), so every shape
 computation in it is folded into constants before the file is written (onnxruntime's basic,

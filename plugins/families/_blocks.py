@@ -42,9 +42,8 @@ def fused_qkv_heads(attn: nn.Module, per_head: Sequence[tuple[nn.Module, str, in
 
     def update(kept: Sequence[int]) -> None:
         attn.num_heads = len(kept)
-        for name in ("attn_dim",):  # timm's Attention reshapes its output to attn_dim
-            if hasattr(attn, name):
-                setattr(attn, name, len(kept) * head_dim)
+        if hasattr(attn, "attn_dim"):  # timm's Attention reshapes its output to attn_dim
+            attn.attn_dim = len(kept) * head_dim
 
     return HeadSlices(
         attn, attn.num_heads, [attn.qkv], [attn.proj], rows, columns, update, per_head

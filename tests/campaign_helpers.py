@@ -73,6 +73,20 @@ def start_run(
     )
 
 
+def run_to_the_end(campaign: Path, folder: Path, timeout: float = 900) -> dict:
+    """``vitopt run CAMPAIGN --json`` in ``folder`` until it ends (exit 0 asserted, with its
+    stderr's end shown otherwise): the summary it prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer", "run", str(campaign), "--json"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def load(folder: Path) -> optuna.Study | None:
     if not (folder / "runs" / "tiny" / "study.db").exists():
         return None

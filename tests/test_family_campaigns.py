@@ -4,15 +4,12 @@ user runs it: ``vitopt run`` on the offline digits, every candidate measured by 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from campaign_helpers import run_to_the_end
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,16 +58,7 @@ def test_every_family_has_a_campaign() -> None:
 @pytest.mark.parametrize("path", FAMILY_CAMPAIGNS, ids=lambda p: p.stem)
 def test_a_short_campaign_per_family(path: Path, tmp_path: Path) -> None:
     campaign = shortened(path, tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "optimizer", "run", str(campaign), "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ, COLUMNS="200"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_to_the_end(campaign, tmp_path)
     assert summary["trials"]["complete"] == TRIALS, summary
 
     name = yaml.safe_load(campaign.read_text())["name"]

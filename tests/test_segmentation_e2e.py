@@ -3,7 +3,6 @@ scored on the device's outputs (objective.evaluate_on: device)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from campaign_helpers import run_to_the_end
 from optuna.trial import TrialState
 
 TINY_SEG = {
@@ -43,15 +43,7 @@ TINY_SEG = {
 def test_a_segmentation_campaign_through_ray_and_the_agent(tmp_path: Path) -> None:
     campaign = tmp_path / "campaign.yaml"
     campaign.write_text(yaml.safe_dump(TINY_SEG))
-    done = subprocess.run(
-        [sys.executable, "-m", "optimizer", "run", str(campaign), "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_to_the_end(campaign, tmp_path)
     assert sum(summary["trials"][k] for k in ("complete", "pruned", "failed")) == 4
     assert summary["accuracy_metric"] == "mIoU"
 

@@ -60,7 +60,8 @@ class ChannelGroup:
     """A hidden width a pruner may narrow: the output channels of ``root`` (an MLP's first
     layer, an inverted-residual block's expansion conv) and everything torch-pruning's
     dependency graph couples to them (norms, a depthwise conv, the next layer's inputs).
-    ``block`` is the module that owns the width (what is reported when a plan is missed)."""
+    ``block`` is the module that owns the width: a prune may change tensors inside the blocks
+    it narrows, and the pruner refuses a result that changed any tensor outside them."""
 
     block: nn.Module
     root: nn.Module

@@ -323,3 +323,17 @@ def test_a_segmentation_campaign_loads_a_teacher_of_another_family(tmp_path: Pat
         assert torch.equal(got, want), key
     with torch.no_grad():
         assert teacher(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)
+
+
+def test_vitopt_plugins_lists_each_family_with_the_names_it_covers() -> None:
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    shown = CliRunner().invoke(main, ["plugins"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "model families: vit (vit_*, deit_*), swin (swin_*), mobilevit (mobilevit_*, "
+        "mobilevitv2_*), efficientformer (efficientformer_*, efficientformerv2_*), levit "
+        "(levit_*)" in " ".join(shown.output.split())
+    )

@@ -92,7 +92,11 @@ def _provides(plugin: PluginStatus) -> str:
     if plugin.datasets:
         parts.append("data sources: " + ", ".join(plugin.datasets))
     if plugin.model_families:
-        parts.append("model families: " + ", ".join(plugin.model_families))
+        covered = (
+            f"{name} ({', '.join(family.model_names)})"
+            for name, family in plugin.model_families.items()
+        )
+        parts.append("model families: " + ", ".join(covered))
     others = [
         h.removeprefix("vitopt_")
         for h in plugin.hooks
@@ -200,7 +204,7 @@ def plugins_json(
                 "hooks": plugin.hooks,
                 "tasks": plugin.tasks,
                 "data_sources": plugin.datasets,
-                "model_families": plugin.model_families,
+                "model_families": list(plugin.model_families),
                 "techniques": [
                     {
                         "name": technique.name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from optimizer.plugin_api.technique import Technique
 from optimizer.plugin_host.checks import (
@@ -33,22 +34,23 @@ class PluginStatus:
     source: PluginSource
     disabled: bool
     techniques: list[Technique] = field(default_factory=list)
-    # Names it registers, by hook (tasks, data sources, model families: NAMED_HOOKS).
-    named: dict[str, list[str]] = field(default_factory=dict)
+    # What it registers by name, by hook (tasks, data sources, model families: NAMED_HOOKS).
+    named: dict[str, dict[str, Any]] = field(default_factory=dict)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
     def tasks(self) -> list[str]:
-        return self.named.get("vitopt_register_tasks", [])
+        return list(self.named.get("vitopt_register_tasks", {}))
 
     @property
     def datasets(self) -> list[str]:
-        return self.named.get("vitopt_register_datasets", [])
+        return list(self.named.get("vitopt_register_datasets", {}))
 
     @property
-    def model_families(self) -> list[str]:
-        return self.named.get("vitopt_register_model_families", [])
+    def model_families(self) -> dict[str, Any]:
+        """Its model families by name (each says the model names it covers)."""
+        return self.named.get("vitopt_register_model_families", {})
 
 
 @dataclass
@@ -86,8 +88,8 @@ def survey(disable: Iterable[str] = ()) -> Survey:
             for hook in NAMED_HOOKS:
                 for impl in getattr(manager.hook, hook).get_hookimpls():
                     if impl.plugin is plugin:
-                        names = list(register_named(hook, impl, candidate.source))
-                        status.named.setdefault(hook, []).extend(names)
+                        entries = register_named(hook, impl, candidate.source)
+                        status.named.setdefault(hook, {}).update(entries)
         except PluginError as exc:
             status.error = str(exc)
     by_source = {status.source: status for status in statuses}
@@ -99,7 +101,7 @@ def survey(disable: Iterable[str] = ()) -> Survey:
         for status in statuses:
             if status.disabled or status.error:
                 continue
-            for name in status.named.get(hook, []):
+            for name in status.named.get(hook, {}):
                 if name in claimed:
                     status.error = claimed_twice(kind, name, claimed[name], status.source)
                 claimed.setdefault(name, status.source)

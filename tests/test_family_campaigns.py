@@ -14,15 +14,15 @@ from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILY_CAMPAIGNS = sorted((REPO / "search_spaces" / "families").glob("*.yaml"))
-TRIALS = 3
+TRIALS = 2
 
 
 def shortened(path: Path, folder: Path) -> Path:
-    """The campaign with a short baseline training, three in-process trials that all prune
-    (``prune.method`` without ``none``) and run to the end, one fine-tuning epoch, and short
-    paired jobs."""
+    """The campaign with a short baseline training, two in-process trials (the baseline and a
+    candidate that prunes: ``prune.method`` without ``none``) run to the end, one fine-tuning
+    epoch, and short paired jobs."""
     data = yaml.safe_load(path.read_text())
-    data["model"]["train"]["epochs"] = 3
+    data["model"]["train"]["epochs"] = 2
     data["data"]["calibration_size"] = 16
     # Feasibility and the latency-first cut are not what this checks: every candidate runs.
     data["objective"].update(max_accuracy_drop=1.0, latency_first_cut=False)

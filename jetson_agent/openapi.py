@@ -52,6 +52,23 @@ def _given(*fields):
     }
 
 
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _multipart(**fields):
+    """A multipart/form-data body of exactly ``fields`` (name: schema, all required, in this
+    order), its ``spec`` part JSON."""
+    return {
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": list(fields),
+            "properties": fields,
+        },
+        "encoding": {"spec": {"contentType": "application/json"}},
+    }
+
+
 def _timeout(phase):
     return {
         "type": "number",
@@ -380,18 +397,9 @@ def openapi_document():
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["spec", "model"],
-                                    "properties": {
-                                        "spec": {"$ref": "#/components/schemas/Spec"},
-                                        "model": {"type": "string", "format": "binary"},
-                                    },
-                                },
-                                "encoding": {"spec": {"contentType": "application/json"}},
-                            },
+                            "multipart/form-data": _multipart(
+                                spec={"$ref": "#/components/schemas/Spec"}, model=_BINARY
+                            ),
                             "application/json": {
                                 "schema": {
                                     "type": "object",
@@ -449,36 +457,24 @@ def openapi_document():
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "multipart/form-data": {
-                                "schema": {
+                            "multipart/form-data": _multipart(
+                                spec={
                                     "type": "object",
                                     "additionalProperties": False,
-                                    "required": ["spec", "model", "inputs"],
                                     "properties": {
-                                        "spec": {
-                                            "type": "object",
-                                            "additionalProperties": False,
-                                            "properties": {
-                                                "precision": {
-                                                    "type": "string",
-                                                    "enum": list(PRECISIONS),
-                                                },
-                                                "build_timeout_s": _timeout("build"),
-                                                "run_timeout_s": _timeout("run"),
-                                            },
-                                        },
-                                        "model": {"type": "string", "format": "binary"},
-                                        "inputs": {
-                                            "type": "string",
-                                            "format": "binary",
-                                            "description": "an .npy file (never a pickle): "
-                                            "rows of the model's one input, each fed with a "
-                                            "batch of 1; little-endian numeric dtype, C order",
-                                        },
+                                        "precision": {"type": "string", "enum": list(PRECISIONS)},
+                                        "build_timeout_s": _timeout("build"),
+                                        "run_timeout_s": _timeout("run"),
                                     },
                                 },
-                                "encoding": {"spec": {"contentType": "application/json"}},
-                            }
+                                model=_BINARY,
+                                inputs=dict(
+                                    _BINARY,
+                                    description="an .npy file (never a pickle): rows of the "
+                                    "model's one input, each fed with a batch of 1; "
+                                    "little-endian numeric dtype, C order",
+                                ),
+                            )
                         },
                     },
                     "responses": {

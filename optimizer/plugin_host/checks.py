@@ -165,13 +165,18 @@ def cross_check(found: Sequence[RegisteredTechnique]) -> list[tuple[PluginSource
     return problems
 
 
-def check_task(task: object, label: str, name: str) -> Task:
-    if not isinstance(task, Task):
+def _conforming(entry: object, protocol: type, what: str, label: str, hint: str) -> None:
+    """PluginError naming the members of ``protocol`` that ``entry`` (``what``) lacks."""
+    if not isinstance(entry, protocol):
         raise PluginError(
-            f"{label}: task {name!r} is a {type(task).__name__}, which lacks "
-            f"{', '.join(missing_members(task))} (subclass optimizer.plugin_api.TaskBase for the "
-            "optional members' defaults)"
+            f"{label}: {what} is a {type(entry).__name__}, which lacks "
+            f"{', '.join(missing_members(entry, protocol))} ({hint})"
         )
+
+
+def check_task(task: object, label: str, name: str) -> Task:
+    hint = "subclass optimizer.plugin_api.TaskBase for the optional members' defaults"
+    _conforming(task, Task, f"task {name!r}", label, hint)
     return task
 
 
@@ -183,12 +188,8 @@ def check_data_source(source: object, label: str, name: str) -> DataSource:
 
 
 def check_family(family: object, label: str, name: str) -> ModelFamily:
-    if not isinstance(family, ModelFamily):
-        raise PluginError(
-            f"{label}: model family {name!r} is a {type(family).__name__}, which lacks "
-            f"{', '.join(missing_members(family, ModelFamily))} (subclass "
-            "optimizer.plugin_api.ModelFamilyBase for the defaults)"
-        )
+    hint = "subclass optimizer.plugin_api.ModelFamilyBase for the defaults"
+    _conforming(family, ModelFamily, f"model family {name!r}", label, hint)
     if not family.model_names:
         raise PluginError(f"{label}: model family {name!r} covers no model name (model_names)")
     return family

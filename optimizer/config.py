@@ -36,9 +36,16 @@ class _Strict(BaseModel):
 
 
 class BaselineTraining(_Strict):
-    """How the baseline is trained when no checkpoint is given (cached under runs/)."""
+    """How the baseline is trained when no checkpoint is given (cached under runs/): until
+    validation stops improving (``patience``), or for exactly ``epochs`` on a one-cycle
+    schedule when ``patience`` is null."""
 
-    epochs: int = Field(30, ge=1, le=1000)
+    epochs: int = Field(
+        200, ge=1, le=1000, description="the most epochs (exactly this many if patience is null)"
+    )
+    patience: int | None = Field(
+        10, ge=1, description="stop after this many epochs without a validation gain"
+    )
     lr: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.05, ge=0)
     batch_size: int = Field(64, ge=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import tempfile
@@ -26,11 +27,17 @@ from rich.console import Console
 
 from optimizer.campaign.executor import Executor, make_executor
 from optimizer.campaign.note import name_objectives, write_note
-from optimizer.campaign.progress import baseline_training_bar, status_line, trials_bar
+from optimizer.campaign.progress import (
+    baseline_training_bar,
+    convergence_summary,
+    status_line,
+    trials_bar,
+)
 from optimizer.campaign.search_space import SearchSpace, build_search_space, offered_choices
 from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
     BASELINE_ATTR,
+    BASELINE_TRAINING_ATTR,
     INFRA_ATTEMPT_ATTR,
     INTERRUPTED_ATTR,
     RESOLVED_PARAMS_ATTR,
@@ -52,7 +59,7 @@ from optimizer.device.local_agent import AgentStartError, local_agent
 from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_agents
 from optimizer.plugin_api.task import scores_outputs
 from optimizer.plugin_host.registry import Registry, plugin_registry
-from optimizer.trial.baseline import prepare_baseline
+from optimizer.trial.baseline import convergence_path, prepare_baseline
 from optimizer.trial.outcome import TrialOutcome, TrialRequest
 from optimizer.trial.pipeline import check_defaults, load_splits
 from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed
@@ -81,6 +88,7 @@ class Setup:
     registry: Registry
     quiet_lock: Path | None  # the embedded agent's measurement lock (None: remote agents)
     evaluate_on: str = "host"  # where accuracy is measured: host or device (evaluation_place)
+    baseline_training: dict[str, Any] | None = None  # how it converged (None: user checkpoint)
 
     def pool_args(self) -> tuple[Any, ...]:
         """What :class:`AgentPool` is built from, wherever it lives."""
@@ -240,6 +248,10 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)
     if trained:
         console.print(f"baseline trained and cached at {checkpoint}")
+    record_path = convergence_path(checkpoint)
+    convergence = json.loads(record_path.read_text()) if record_path.exists() else None
+    if convergence is not None:
+        console.print(f"baseline: {convergence_summary(convergence)}")
     with tempfile.TemporaryDirectory(prefix="vitopt-defaults-") as work:
         try:
             check_defaults(campaign, registry, checkpoint, info, dict(space.baseline), Path(work))
@@ -257,6 +269,7 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
         registry=registry,
         quiet_lock=endpoint.quiet_lock,
         evaluate_on=place,
+        baseline_training=convergence,
     )
 
 
@@ -382,6 +395,8 @@ def run_campaign(
         with agent_endpoint(campaign, console, agent_urls) as endpoint:
             setup = prepare(campaign, console, endpoint)
             check_device_type(study, setup.device_type)
+            if setup.baseline_training is not None:
+                study.set_user_attr(BASELINE_TRAINING_ATTR, setup.baseline_training)
             recovered = recover_interrupted(study)
             if recovered:
                 console.print(f"resuming: {recovered} interrupted trial(s) queued again")

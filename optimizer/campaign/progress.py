@@ -1,11 +1,12 @@
-"""What the driver shows while it works: the baseline's training bar and the trials' bar with a
-status line (done, pruned, failed, the best feasible so far). The loop reports to these; it
-draws nothing itself."""
+"""What the driver shows while it works: the baseline's training bar and how it converged, the
+trials' bar with a status line (done, pruned, failed, the best feasible so far). The loop
+reports to these; it draws nothing itself."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -20,19 +21,20 @@ from optimizer.campaign.study import best_feasible, counted_trials
 def baseline_training_bar(
     console: Console, epochs: int
 ) -> Iterator[Callable[[int, int, float], None]]:
-    """A transient bar of the baseline's epochs; yields ``on_epoch(epoch, total, loss)``."""
+    """A transient bar of the baseline's epochs (out of its most); yields
+    ``on_epoch(epoch, total, summary)``."""
     columns = (
         TextColumn("baseline training"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[summary]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("train", total=epochs, loss="")
+        task = progress.add_task("train", total=epochs, summary="")
 
-        def on_epoch(epoch: int, total: int, loss: float) -> None:
-            progress.update(task, completed=epoch + 1, loss=f"loss {loss:.3f}")
+        def on_epoch(epoch: int, total: int, summary: str) -> None:
+            progress.update(task, completed=epoch + 1, summary=summary)
 
         yield on_epoch
 
@@ -73,3 +75,13 @@ def status_line(study: optuna.Study) -> str:
             f"drop {attrs['accuracy_drop'] * 100:+.1f} pt)"
         )
     return line
+
+
+def convergence_summary(record: dict[str, Any]) -> str:
+    """One line of how the baseline converged, from the record its training wrote."""
+    best = record.get("best_epoch")
+    at = f" at epoch {best + 1}" if best is not None else ""
+    return (
+        f"validation {record['val_accuracy']:.4f}{at} of {record['epochs_run']} epochs run; "
+        f"stopped by {record['stopped']}"
+    )

@@ -30,6 +30,7 @@ BASELINE_ATTR = "baseline"
 INTERRUPTED_ATTR = "interrupted"
 RETRIED_ATTR = "retried"  # lost to the device or a worker, and run again: not counted
 INFRA_ATTEMPT_ATTR = "infra_attempt"  # how many times this trial's parameters were re-run
+BASELINE_TRAINING_ATTR = "baseline_training"  # study attribute: how the baseline converged
 AGENT_POOL_ATTR = "agent_pool"  # study attribute: the pool's health as the driver last saw it
 RESOLVED_PARAMS_ATTR = "resolved_params"
 # The campaign's reference latency is the median of every job's (REFERENCE_JOBS_ATTR), and

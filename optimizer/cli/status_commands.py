@@ -9,8 +9,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from optimizer.campaign.note import disagreement_line, disagreements
+from optimizer.campaign.progress import convergence_summary
 from optimizer.campaign.study import (
     AGENT_POOL_ATTR,
+    BASELINE_TRAINING_ATTR,
     baseline_trial,
     best_feasible,
     counted_trials,
@@ -64,6 +66,9 @@ def status(campaign_file: Path, top: int, number: int | None, storage: str | Non
     base = baseline_trial(study)
     if base is not None:
         console.print(trials_table("baseline (timed against itself)", [base]))
+    convergence = study.user_attrs.get(BASELINE_TRAINING_ATTR)
+    if convergence is not None:
+        console.print(f"baseline training: {convergence_summary(convergence)}")
     print_drift(console, reference_drift(reference_jobs(study.get_trials(deepcopy=False))))
     best = best_feasible(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

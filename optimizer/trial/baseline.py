@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from optimizer.config import Campaign, ModelConfig
 from optimizer.plugin_api.task import Task, build_task_model
-from optimizer.plugin_api.training import train_epochs
+from optimizer.plugin_api.training import Convergence, train_epochs, train_to_plateau
 from optimizer.plugin_host.registry import plugin_registry
 
 
@@ -77,12 +77,25 @@ def load_teacher(campaign: Campaign, num_classes: int, checkpoint: Path) -> nn.M
     return model.eval()
 
 
+def convergence_path(checkpoint: Path) -> Path:
+    """Where a trained baseline's record of how it converged lies (beside its checkpoint)."""
+    return checkpoint.with_suffix(".json")
+
+
+def _save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def prepare_baseline(
     campaign: Campaign,
     splits: Any,
-    on_epoch: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[int, int, str], None] | None = None,
 ) -> tuple[Path, bool]:
-    """Return (checkpoint path, whether it was trained now)."""
+    """Return (checkpoint path, whether it was trained now). Training saves its state after
+    every epoch (``<key>.partial.pt``), so a driver killed mid-way goes on from its last epoch;
+    ``on_epoch(epoch, max_epochs, summary)`` shows progress."""
     path = baseline_path(campaign)
     if path.exists():
         return path, False
@@ -100,19 +113,62 @@ def prepare_baseline(
         shuffle=True,
         generator=torch.Generator().manual_seed(campaign.search.seed),
     )
-    train_epochs(
-        model,
-        loader,
-        lambda logits, _inputs, labels: task.loss(logits, labels),
-        epochs=train.epochs,
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-        on_epoch=(lambda epoch, loss: on_epoch(epoch, train.epochs, loss)) if on_epoch else None,
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    accuracy = task.torch_metric(model, DataLoader(splits.val, batch_size=256))
-    path.with_suffix(".json").write_text(json.dumps({"val_accuracy": accuracy}))
+
+    def loss(logits: torch.Tensor, _inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return task.loss(logits, labels)
+
+    def validate(candidate: nn.Module) -> float:
+        return task.torch_metric(candidate, DataLoader(splits.val, batch_size=256))
+
+    if train.patience is None:
+        losses = train_epochs(
+            model,
+            loader,
+            loss,
+            epochs=train.epochs,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            on_epoch=(
+                (lambda epoch, value: on_epoch(epoch, train.epochs, f"loss {value:.3f}"))
+                if on_epoch
+                else None
+            ),
+        )
+        record = {
+            "val_accuracy": validate(model),
+            "epochs_run": len(losses),
+            "stopped": f"fixed: {train.epochs} epochs (patience: null)",
+        }
+    else:
+        partial = path.with_suffix(".partial.pt")
+
+        def saved(epoch: int, value: float, done: Convergence, state: dict[str, Any]) -> None:
+            _save(state, partial)
+            if on_epoch is not None:
+                on_epoch(
+                    epoch,
+                    train.epochs,
+                    f"loss {value:.3f} · val {done.history[-1]['val']:.4f} · best "
+                    f"{done.best_value:.4f} at epoch {done.best_epoch + 1}",
+                )
+
+        resume = torch.load(partial, weights_only=True) if partial.exists() else None
+        done = train_to_plateau(
+            model,
+            loader,
+            loss,
+            validate,
+            max_epochs=train.epochs,
+            patience=train.patience,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            resume=resume,
+            on_epoch=saved,
+        )
+        record = done.record()
+    _save(model.state_dict(), path)
+    convergence_path(path).write_text(json.dumps(record, indent=1))
+    if train.patience is not None:
+        partial.unlink()
     return path, True

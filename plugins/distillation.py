@@ -1,19 +1,24 @@
-"""Fine-tuning with logit knowledge distillation from the teacher (the unpruned baseline by
-default): a pruned model recovers accuracy faster when it matches the teacher's soft labels."""
+"""Fine-tuning with knowledge distillation from the teacher (the unpruned baseline by default):
+a pruned model recovers accuracy faster when it matches the teacher's soft labels (logit KD)
+and, with ``distill.features``, the teacher's block outputs too (feature KD)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
+from optimizer.plugin_api import ModelFamily, ParamSpec, StageContext, hookimpl
 from optimizer.plugin_api.training import train_epochs
 
 _ENABLED = {"distill.enabled": [True]}
+#: The feature term's weight beside the logit term (each layer's error is relative to the
+#: teacher's output power, so the term starts near 1 whatever the model's scale).
+FEATURE_WEIGHT = 1.0
 
 
 def kd_loss(
@@ -47,6 +52,60 @@ def kd_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def matched_blocks(family: ModelFamily, model: nn.Module) -> list[nn.Module]:
+    """The blocks whose outputs feature KD matches, in model order: every attention block and
+    every block owning a hidden width the family prunes. Pruning narrows what is inside them,
+    never what they output, so a pruned student's blocks pair one to one with its teacher's."""
+    found = family.prunable(model)
+    return [*(heads.block for heads in found.heads), *(group.block for group in found.channels)]
+
+
+@contextlib.contextmanager
+def block_outputs(
+    blocks: Sequence[nn.Module], training_only: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Collects each of ``blocks``' outputs, in call order, while the context is open (the
+    caller empties the list between forward passes); with ``training_only``, not those of
+    passes in eval mode (validation between epochs)."""
+    seen: list[torch.Tensor] = []
+
+    def collect(module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+        if module.training or not training_only:
+            seen.append(output)
+
+    handles = [block.register_forward_hook(collect) for block in blocks]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def feature_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the matched blocks of ‖student − teacher‖² / ‖teacher‖² (relative MSE)."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(
+            f"feature distillation matched {len(student)} student block outputs with "
+            f"{len(teacher)} of the teacher's: they must pair one to one"
+        )
+    terms = []
+    for mine, theirs in zip(student, teacher, strict=True):
+        if mine.shape != theirs.shape:
+            raise ValueError(
+                f"feature distillation: a student block outputs {tuple(mine.shape)}, its "
+                f"teacher's {tuple(theirs.shape)}"
+            )
+        terms.append(F.mse_loss(mine, theirs) / theirs.pow(2).mean().clamp_min(1e-12))
+    return torch.stack(terms).mean()
+
+
+def _task_loss(ctx: StageContext):
+    def loss(logits: torch.Tensor, _inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ctx.task.loss(logits, labels)
+
+    return loss
+
+
 class KnowledgeDistillation:
     name = "kd"
     stage = "train"
@@ -68,6 +127,13 @@ class KnowledgeDistillation:
             ParamSpec("distill.enabled", "bool", False, help="distil from the teacher"),
             ParamSpec("distill.temperature", "float", 4.0, low=1.0, high=8.0, when=_ENABLED),
             ParamSpec("distill.alpha", "float", 0.5, low=0.1, high=0.9, when=_ENABLED),
+            ParamSpec(
+                "distill.features",
+                "bool",
+                False,
+                when=_ENABLED,
+                help="also match the teacher's attention and MLP block outputs (feature KD)",
+            ),
         ]
 
     def apply(self, model: nn.Module, params: Mapping[str, Any], ctx: StageContext) -> nn.Module:
@@ -75,32 +141,59 @@ class KnowledgeDistillation:
         if epochs == 0:
             return model
         teacher = ctx.teacher if params["distill.enabled"] else None
-        if teacher is not None:
-            teacher.eval()
-            temperature, alpha = (
-                float(params["distill.temperature"]),
-                float(params["distill.alpha"]),
-            )
+        with contextlib.ExitStack() as stack:
+            loss_fn = _task_loss(ctx)
+            if teacher is not None:
+                teacher.eval()
+                loss_fn = self._distilling(model, teacher, params, ctx, stack)
 
-        def loss_fn(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor):
-            if teacher is None:
-                return ctx.task.loss(logits, labels)
+            def report(epoch: int, _loss: float) -> None:
+                ctx.report(epoch, ctx.task.torch_metric(model, ctx.val_loader))
+
+            train_epochs(
+                model,
+                ctx.train_loader,
+                loss_fn,
+                epochs=epochs,
+                lr=float(params["train.lr"]),
+                on_epoch=report,
+            )
+        return model
+
+    @staticmethod
+    def _distilling(
+        model: nn.Module,
+        teacher: nn.Module,
+        params: Mapping[str, Any],
+        ctx: StageContext,
+        stack: contextlib.ExitStack,
+    ):
+        """The distillation loss ``(logits, inputs, labels)``; with features, hooks on both
+        models that ``stack`` removes when training ends (the exported model has none)."""
+        temperature, alpha = float(params["distill.temperature"]), float(params["distill.alpha"])
+        features = bool(params["distill.features"])
+        if features:
+            if ctx.model_family is None:
+                raise ValueError(
+                    f"{ctx.model_name}: distill.features matches blocks by a model family's "
+                    "rules, and no family covers this model"
+                )
+            mine = stack.enter_context(
+                block_outputs(matched_blocks(ctx.model_family, model), training_only=True)
+            )
+            theirs = stack.enter_context(block_outputs(matched_blocks(ctx.model_family, teacher)))
+
+        def loss(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor):
             with torch.no_grad():
                 teacher_logits = teacher(inputs)
-            return kd_loss(logits, teacher_logits, labels, temperature, alpha)
+            total = kd_loss(logits, teacher_logits, labels, temperature, alpha)
+            if features:
+                total = total + FEATURE_WEIGHT * feature_loss(mine, theirs)
+                mine.clear()  # this batch's outputs, paired; the next batch brings its own
+                theirs.clear()
+            return total
 
-        def report(epoch: int, _loss: float) -> None:
-            ctx.report(epoch, ctx.task.torch_metric(model, ctx.val_loader))
-
-        train_epochs(
-            model,
-            ctx.train_loader,
-            loss_fn,
-            epochs=epochs,
-            lr=float(params["train.lr"]),
-            on_epoch=report,
-        )
-        return model
+        return loss
 
 
 @hookimpl

@@ -11,9 +11,18 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from optimizer.plugin_api import StageContext, TrialPruned
+from optimizer.plugin_host.registry import plugin_registry
+from optimizer.trial.export import export_onnx
 from plugins.classification import Classification
 from plugins.digits import load_digits_splits
-from plugins.distillation import KnowledgeDistillation, kd_loss
+from plugins.distillation import (
+    KnowledgeDistillation,
+    block_outputs,
+    feature_loss,
+    kd_loss,
+    matched_blocks,
+)
+from plugins.pruning import TorchPruning
 
 
 def test_kd_loss_is_the_hinton_mix() -> None:
@@ -47,13 +56,13 @@ def _context(tmp_path: Path, teacher: torch.nn.Module | None, reports: list) -> 
     )
 
 
-def _vit() -> torch.nn.Module:
+def _vit(depth: int = 1) -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(
         "vit_tiny_patch16_224",
         img_size=16,
         patch_size=4,
-        depth=1,
+        depth=depth,
         embed_dim=32,
         num_heads=2,
         num_classes=10,
@@ -70,6 +79,7 @@ def test_distillation_fine_tuning_lowers_the_loss_and_reports_each_epoch(tmp_pat
         "distill.enabled": True,
         "distill.temperature": 2.0,
         "distill.alpha": 0.5,
+        "distill.features": False,
     }
 
     def loss_on_train(model: torch.nn.Module) -> float:
@@ -94,6 +104,7 @@ def test_zero_epochs_leaves_the_model_alone(tmp_path: Path) -> None:
         "distill.enabled": False,
         "distill.temperature": 4.0,
         "distill.alpha": 0.5,
+        "distill.features": False,
     }
     KnowledgeDistillation().apply(model, params, _context(tmp_path, None, []))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -112,6 +123,62 @@ def test_the_pruner_stops_training_between_epochs(tmp_path: Path) -> None:
         "distill.enabled": False,
         "distill.temperature": 4.0,
         "distill.alpha": 0.5,
+        "distill.features": False,
     }
     with pytest.raises(TrialPruned, match="stopped at 0"):
         KnowledgeDistillation().apply(_vit(), params, ctx)
+
+
+def test_feature_distillation_lowers_the_block_error_of_a_pruned_student_and_exports(
+    tmp_path: Path,
+) -> None:
+    """A student pruned to half its heads and MLP width matches the unpruned teacher's block
+    outputs better after fine-tuning with distill.features, and exports without its hooks."""
+    teacher = _vit(depth=2)
+    ctx = _context(tmp_path, teacher, [])
+    ctx.model_name = "vit_tiny_patch16_224"
+    ctx.model_family = plugin_registry(()).model_family(ctx.model_name)
+    cut = {"prune.method": "heads+mlp", "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    student = TorchPruning(round_to=1).apply(teacher, cut, ctx)
+    assert student.blocks[0].attn.num_heads == 1 < teacher.blocks[0].attn.num_heads
+    pairs = (matched_blocks(ctx.model_family, student), matched_blocks(ctx.model_family, teacher))
+    assert len(pairs[0]) == len(pairs[1]) == 4  # 2 attention blocks, 2 MLPs
+
+    def block_error(model: torch.nn.Module) -> float:
+        with block_outputs(pairs[0]) as mine, block_outputs(pairs[1]) as theirs:
+            total = 0.0
+            with torch.no_grad():
+                for x, _ in ctx.train_loader:
+                    model(x), teacher(x)
+                    total += feature_loss(mine, theirs).item()
+                    mine.clear(), theirs.clear()
+        return total
+
+    before = block_error(student)
+    params = {
+        "train.epochs": 2,
+        "train.lr": 3e-3,
+        "distill.enabled": True,
+        "distill.temperature": 2.0,
+        "distill.alpha": 0.5,
+        "distill.features": True,
+    }
+    tuned = KnowledgeDistillation().apply(student, params, ctx)
+    assert block_error(tuned) < 0.8 * before
+    assert all(not block._forward_hooks for block in pairs[0] + pairs[1])
+
+    import onnxruntime as ort
+
+    path = export_onnx(tuned, torch.randn(1, 3, 16, 16), tmp_path / "student.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = next(iter(ctx.val_loader))[0][:1]
+    (onnx_logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(onnx_logits), tuned(x), atol=1e-4)
+
+
+def test_feature_loss_refuses_blocks_that_do_not_pair() -> None:
+    with pytest.raises(ValueError, match="pair one to one"):
+        feature_loss([torch.zeros(2, 3)], [])
+    with pytest.raises(ValueError, match=r"outputs \(2, 3\), its teacher's \(2, 4\)"):
+        feature_loss([torch.zeros(2, 3)], [torch.zeros(2, 4)])

@@ -121,7 +121,8 @@ class KnowledgeDistillation:
                 0,
                 low=0,
                 high=self.max_epochs,
-                help="fine-tuning epochs after pruning (0: none)",
+                help="fine-tuning epochs after pruning (0: none; none either when the prune "
+                "stage removed nothing)",
             ),
             ParamSpec("train.lr", "float", 5e-4, low=1e-4, high=3e-3, log=True),
             ParamSpec("distill.enabled", "bool", False, help="distil from the teacher"),
@@ -139,6 +140,11 @@ class KnowledgeDistillation:
     def apply(self, model: nn.Module, params: Mapping[str, Any], ctx: StageContext) -> nn.Module:
         epochs = int(params["train.epochs"])
         if epochs == 0:
+            return model
+        if ctx.macs_kept >= 1.0:
+            # Nothing was removed, so there is nothing to recover: fine-tuning the converged
+            # baseline only moves it off its optimum (and costs the trial its longest step).
+            ctx.log.info("kd: the prune stage removed nothing, so no fine-tuning")
             return model
         teacher = ctx.teacher if params["distill.enabled"] else None
         with contextlib.ExitStack() as stack:

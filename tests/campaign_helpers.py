@@ -43,6 +43,8 @@ TINY = {
     },
 }
 STORAGE = "sqlite:///runs/tiny/study.db"
+#: The trials of a shortened shipped campaign: the baseline and one candidate.
+TRIALS = 2
 
 
 def write_campaign(folder: Path, **changes: object) -> Path:
@@ -129,3 +131,30 @@ def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         and not (t.user_attrs.get("interrupted") or t.user_attrs.get("retried"))
     ]
+
+
+def shortened(path: Path, folder: Path) -> Path:
+    """The campaign with a short baseline training, two in-process trials (the baseline and a
+    candidate that prunes: ``prune.method`` without ``none``) run to the end, one fine-tuning
+    epoch, and short paired jobs."""
+    data = yaml.safe_load(path.read_text())
+    data["model"]["train"]["epochs"] = 2
+    data["data"]["calibration_size"] = 16
+    # Feasibility and the latency-first cut are not what this checks: every candidate runs.
+    data["objective"].update(max_accuracy_drop=1.0, latency_first_cut=False)
+    space = data["search"]["space"]
+    methods = space.get("prune.method", {}).get("choices", ["heads", "mlp", "heads+mlp"])
+    space["prune.method"] = {"choices": [m for m in methods if m != "none"]}
+    space["train.epochs"] = {"low": 1, "high": 1}
+    data["search"]["trials"] = TRIALS
+    data["execution"] = {"workers": 0}
+    data["agents"]["measure"] = {
+        "warmup": 5,
+        "repeats": 6,
+        "min_repeat_ms": 5,
+        "ratio_ci": 0.05,
+        "max_time_s": 3,
+    }
+    out = folder / path.name
+    out.write_text(yaml.safe_dump(data))
+    return out

@@ -53,6 +53,7 @@ def _context(tmp_path: Path, teacher: torch.nn.Module | None, reports: list) -> 
         work_dir=tmp_path,
         seed=0,
         report=lambda step, value: reports.append((step, value)),
+        macs_kept=0.5,  # a pruned student, as the pipeline records after the prune stage
     )
 
 
@@ -108,6 +109,26 @@ def test_zero_epochs_leaves_the_model_alone(tmp_path: Path) -> None:
     }
     KnowledgeDistillation().apply(model, params, _context(tmp_path, None, []))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_model_the_prune_stage_left_whole_is_not_fine_tuned(tmp_path: Path) -> None:
+    model = _vit()
+    state = copy.deepcopy(model.state_dict())
+    ctx = _context(tmp_path, None, [])
+    ctx.macs_kept = 1.0
+    params = {
+        "train.epochs": 2,
+        "train.lr": 1e-3,
+        "distill.enabled": False,
+        "distill.temperature": 4.0,
+        "distill.alpha": 0.5,
+        "distill.features": False,
+    }
+    KnowledgeDistillation().apply(model, params, ctx)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    ctx.macs_kept = 0.9
+    KnowledgeDistillation().apply(model, params, ctx)
+    assert any(not torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_pruner_stops_training_between_epochs(tmp_path: Path) -> None:

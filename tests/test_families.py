@@ -50,6 +50,7 @@ KD_ONE_EPOCH = {
     "distill.enabled": True,
     "distill.temperature": 2.0,
     "distill.alpha": 0.5,
+    "distill.features": False,
 }
 
 
@@ -220,6 +221,7 @@ def test_cross_family_logit_distillation_fine_tunes(
         teacher=build(teacher),
         model_name=student,
         report=lambda step, value: reports.append((step, value)),
+        macs_kept=0.7,  # pruned: as the pipeline says after the prune stage
     )
     before = copy.deepcopy(model.state_dict())
     KnowledgeDistillation().apply(model, KD_ONE_EPOCH, ctx)
@@ -276,6 +278,7 @@ def test_pixel_wise_distillation_from_a_swin_teacher_into_a_mobilevit_student(
         train_loader=DataLoader(Subset(splits.train, range(16)), batch_size=8),
         val_loader=DataLoader(Subset(splits.val, range(8)), batch_size=8),
         report=lambda step, value: reports.append((step, value)),
+        macs_kept=0.7,
     )
     KnowledgeDistillation().apply(student, KD_ONE_EPOCH, ctx)
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0

@@ -232,8 +232,11 @@ def test_distillation_fine_tunes_a_pruned_seg_model_and_reports_miou(tmp_path: P
         "distill.enabled": True,
         "distill.temperature": 2.0,
         "distill.alpha": 0.5,
+        "distill.features": False,
     }
-    KnowledgeDistillation().apply(student, params, _context(tmp_path, teacher, reports))
+    ctx = _context(tmp_path, teacher, reports)
+    ctx.macs_kept = 0.5  # pruned above, as the pipeline records after the prune stage
+    KnowledgeDistillation().apply(student, params, ctx)
     assert len(reports) == 1 and 0.0 <= reports[0][1] <= 1.0
 
 

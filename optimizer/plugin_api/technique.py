@@ -205,6 +205,10 @@ class StageContext:
     ``model_name`` / ``model_family``
         The campaign's ``model.name`` and the :class:`~optimizer.plugin_api.ModelFamily` that
         covers it (``None`` where none does): what a structural pruner may remove, and how.
+    ``macs_kept``
+        The fraction of the baseline's MACs the model keeps after the prune stage, set by the
+        pipeline before the train stage (1.0: the prune stage removed nothing): how much a
+        fine-tuner has to recover.
     """
 
     input_shape: tuple[int, ...]
@@ -224,6 +228,7 @@ class StageContext:
     load_teacher: Callable[[], Any] = _no_teacher
     model_name: str = ""
     model_family: Any | None = None
+    macs_kept: float = 1.0
 
     @property
     def teacher(self) -> Any | None:

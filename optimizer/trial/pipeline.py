@@ -280,11 +280,13 @@ def _run(
     )
     example = example_input(ctx.input_shape)
 
+    baseline_macs = count_macs(model, ctx.input_shape)
     with colocation.step():
         for technique in stages["prune"]:
             model = apply_technique(technique, model, params, ctx)
     outcome.attrs["params_count"] = count_params(model)
     outcome.attrs["macs"] = count_macs(model, ctx.input_shape)
+    ctx.macs_kept = outcome.attrs["macs"] / baseline_macs
 
     def deployable(name: str) -> OnnxArtifact:
         with colocation.step():

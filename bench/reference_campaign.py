@@ -1,0 +1,202 @@
+"""TPE against random search on the reference workload, same budget, over seeds; one JSON line.
+
+    .venv/bin/python bench/reference_campaign.py [--campaign search_spaces/reference_vit_tiny.yaml]
+        [--seeds 0 1 2] [--samplers tpe random] [--trials 40] [--set key=value ...]
+
+The baseline is trained once (the campaign's own settings, until validation stops improving)
+and every run starts from that checkpoint, so the samplers search around the same model. Each
+(sampler, seed) is its own study under ``runs/<name>_<sampler>_s<seed>/``: an interrupted
+benchmark, run again, resumes where it stopped. Runs go seed by seed, the samplers one after the
+other within a seed, so a drift in this machine's speed touches both alike.
+
+Per run: the best feasible candidate by its **paired** speedup (timed interleaved with the
+baseline's model in one job), its accuracy drop, its MAC reduction and speedup ÷ MAC reduction,
+the trials needed to reach 95 % of the run's final best, and the wall time. The summary gives
+the medians over seeds and the issue's targets: P1 (≥ 3.0× within the budget at ≤ 1 point), P2
+(TPE reaches 95 % of its best in at most half the trials random search needs) and speedup ÷ MAC
+≥ 0.9 for pruned winners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import optuna
+import yaml
+from rich.console import Console
+
+from optimizer.campaign.driver import run_campaign
+from optimizer.campaign.study import baseline_trial, counted_trials
+from optimizer.config import Campaign, load_campaign
+from optimizer.trial.baseline import convergence_path, prepare_baseline
+from optimizer.trial.pipeline import load_splits
+
+P1_SPEEDUP = 3.0
+P2_RATIO = 0.5
+MAC_EFFICIENCY = 0.9
+REACHED = 0.95
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def running_best(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    """The best feasible paired speedup after each counted trial, in trial order (0 before any
+    feasible one)."""
+    best, curve = 0.0, []
+    for trial in sorted(trials, key=lambda t: t.number):
+        attrs = trial.user_attrs
+        if trial.state == optuna.trial.TrialState.COMPLETE and attrs.get("feasible"):
+            best = max(best, float(attrs.get("speedup") or 0.0))
+        curve.append(best)
+    return curve
+
+
+def trials_to_reach(curve: list[float], fraction: float = REACHED) -> int | None:
+    """How many trials it took to reach ``fraction`` of the final best (None: nothing found)."""
+    if not curve or curve[-1] <= 0:
+        return None
+    return next(i + 1 for i, value in enumerate(curve) if value >= fraction * curve[-1])
+
+
+def _run(campaign: Campaign) -> dict[str, Any]:
+    started = time.monotonic()
+    run_campaign(campaign, Console(stderr=True))
+    study = optuna.load_study(study_name=campaign.name, storage=campaign.storage_url)
+    trials = counted_trials(study)
+    base = baseline_trial(study)
+    curve = running_best(trials)
+    feasible = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")
+    ]
+    best = max(feasible, key=lambda t: t.user_attrs.get("speedup") or 0.0, default=None)
+    result: dict[str, Any] = {
+        "sampler": campaign.search.sampler,
+        "seed": campaign.search.seed,
+        "trials": len(trials),
+        "states": {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
+        "wall_s": round(time.monotonic() - started, 1),
+        "trials_to_95": trials_to_reach(curve),
+        "curve": [round(v, 3) for v in curve],
+        "best": None,
+    }
+    if best is not None:
+        attrs = best.user_attrs
+        macs = base.user_attrs["macs"] / attrs["macs"] if base is not None else None
+        result["best"] = {
+            "trial": best.number,
+            "speedup": attrs["speedup"],
+            "speedup_ci": attrs.get("speedup_ci"),
+            "accuracy_drop": attrs["accuracy_drop"],
+            "accuracy": attrs["accuracy"],
+            "mac_reduction": macs,
+            "speedup_per_mac": attrs["speedup"] / macs if macs else None,
+            "params": best.params,
+        }
+    return result
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarise(runs: list[dict[str, Any]], budget: int, max_drop: float) -> dict[str, Any]:
+    """Medians per sampler and the issue's targets (P1, P2, speedup per MAC)."""
+    per: dict[str, Any] = {}
+    for sampler in sorted({r["sampler"] for r in runs}):
+        mine = [r for r in runs if r["sampler"] == sampler]
+        per[sampler] = {
+            "seeds": [r["seed"] for r in mine],
+            "best_speedup_median": _median([(r["best"] or {}).get("speedup") for r in mine]),
+            "trials_to_95_median": _median([r["trials_to_95"] for r in mine]),
+            "wall_s_median": _median([r["wall_s"] for r in mine]),
+        }
+    bests = [r["best"] for r in runs if r["best"] and r["trials"] <= budget]
+    pruned = [
+        b for b in bests if b["params"].get("prune.method", "none") != "none" and b["mac_reduction"]
+    ]
+    targets: dict[str, Any] = {
+        "p1_best_speedup": max((b["speedup"] for b in bests), default=None),
+        "p1_met": any(
+            b["speedup"] >= P1_SPEEDUP and b["accuracy_drop"] <= max_drop + 1e-9 for b in bests
+        ),
+        "speedup_per_mac_pruned": [round(b["speedup_per_mac"], 3) for b in pruned],
+        "speedup_per_mac_met": bool(pruned)
+        and all(b["speedup_per_mac"] >= MAC_EFFICIENCY for b in pruned),
+    }
+    tpe, random = per.get("tpe", {}), per.get("random", {})
+    if tpe.get("trials_to_95_median") and random.get("trials_to_95_median"):
+        targets["p2_ratio"] = tpe["trials_to_95_median"] / random["trials_to_95_median"]
+        targets["p2_met"] = targets["p2_ratio"] <= P2_RATIO
+    return {"samplers": per, "targets": targets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--campaign", default="search_spaces/reference_vit_tiny.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"])
+    parser.add_argument("--trials", type=int, default=None, help="the budget (campaign's: 40)")
+    parser.add_argument("--set", action="append", default=[], help="campaign key=value")
+    args = parser.parse_args()
+    overrides = _overrides(args.set)
+    if args.trials is not None:
+        overrides["search.trials"] = args.trials
+    reference = load_campaign(args.campaign, **overrides)
+    started = time.monotonic()
+    checkpoint, trained = prepare_baseline(reference, load_splits(reference))
+    record = convergence_path(checkpoint)
+    runs = []
+    for seed in args.seeds:
+        for sampler in args.samplers:
+            campaign = load_campaign(
+                args.campaign,
+                **overrides,
+                **{
+                    "name": f"{reference.name}_{sampler}_s{seed}",
+                    "search.sampler": sampler,
+                    "search.seed": seed,
+                    "model.checkpoint": str(checkpoint.resolve()),
+                },
+            )
+            runs.append(_run(campaign))
+            print(json.dumps({"run": runs[-1]}), file=sys.stderr, flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "reference_campaign",
+                "campaign": reference.name,
+                "budget": reference.search.trials,
+                "max_accuracy_drop": reference.objective.max_accuracy_drop,
+                "baseline": {
+                    "checkpoint": str(checkpoint),
+                    "trained_now": trained,
+                    "training": json.loads(record.read_text()) if record.exists() else None,
+                },
+                "runs": runs,
+                **summarise(runs, reference.search.trials, reference.objective.max_accuracy_drop),
+                "wall_s": round(time.monotonic() - started, 1),
+                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from optimizer.config import load_campaign
 from optimizer.plugin_api import StageContext
+from optimizer.plugin_api.model_stats import count_macs
 from optimizer.plugin_host.registry import plugin_registry
 from optimizer.trial.baseline import load_model, load_teacher, prepare_baseline
 from optimizer.trial.export import export_onnx
@@ -71,6 +72,7 @@ def main() -> None:
 
         baseline = load_model(campaign, splits.num_classes, checkpoint)
         base_score = score(baseline, "baseline")
+        base_macs = count_macs(baseline, (1, *splits.input_shape))
         for ratio in args.ratios:
             for epochs in args.epochs:
                 for variant in args.variants:
@@ -101,6 +103,7 @@ def main() -> None:
                         "prune.importance": args.importance,
                     }
                     pruned = TorchPruning().apply(baseline, cut, ctx)
+                    ctx.macs_kept = count_macs(pruned, ctx.input_shape) / base_macs
                     params = {
                         "train.epochs": epochs,
                         "train.lr": args.lr,
@@ -119,6 +122,7 @@ def main() -> None:
                             "variant": variant,
                             "test_score": value,
                             "drop_points": round(100 * (base_score - value), 2),
+                            "macs_kept": round(ctx.macs_kept, 3),
                             "train_s": round(time.monotonic() - started, 1),
                         }
                     )

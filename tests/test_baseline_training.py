@@ -3,6 +3,7 @@ converged, and goes on from its last epoch when the driver dies mid-way."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -119,8 +120,6 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does() -> None:
 
 def _roundtrip(state: dict):
     """The state as the baseline saves it (``torch.save``, read back with weights_only)."""
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)

@@ -121,14 +121,14 @@ def prepare_baseline(
     def validate(candidate: nn.Module) -> float:
         return task.torch_metric(candidate, DataLoader(splits.val, batch_size=256))
 
+    rates = {"lr": train.lr, "weight_decay": train.weight_decay}
     if train.patience is None:
         losses = train_epochs(
             model,
             loader,
             loss,
             epochs=train.epochs,
-            lr=train.lr,
-            weight_decay=train.weight_decay,
+            **rates,
             on_epoch=(
                 (lambda epoch, value: on_epoch(epoch, train.epochs, f"loss {value:.3f}"))
                 if on_epoch
@@ -161,8 +161,7 @@ def prepare_baseline(
             validate,
             max_epochs=train.epochs,
             patience=train.patience,
-            lr=train.lr,
-            weight_decay=train.weight_decay,
+            **rates,
             resume=resume,
             on_epoch=saved,
         )

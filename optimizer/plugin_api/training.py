@@ -81,7 +81,8 @@ def train_epochs(
 @dataclass
 class Convergence:
     """How ``train_to_plateau`` went: one row per epoch (``epoch``, ``loss``, ``val``, ``lr``),
-    the best epoch (whose weights the model holds at the end) and why it stopped."""
+    the best epoch (whose weights the model holds at the end) and why it stopped. Epochs are
+    counted from 0 in the rows and ``best_epoch``, from 1 in the messages."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
@@ -154,8 +155,8 @@ def train_to_plateau(
                 group["lr"] *= PLATEAU_FACTOR
         if epoch - done.best_epoch >= patience:
             done.stopped = (
-                f"plateau: no validation gain over {done.best_value:.4f} (epoch {done.best_epoch})"
-                f" in {patience} epochs"
+                f"plateau: no validation gain over {done.best_value:.4f} (epoch "
+                f"{done.best_epoch + 1}) in {patience} epochs"
             )
         elif epoch + 1 == max_epochs:
             done.stopped = f"max_epochs: {max_epochs} epochs ran"

@@ -1,5 +1,6 @@
 """Trials pause their steps while a co-located agent times: the paced loader every technique
-iterates holds the host's lock from one batch to the next, and nested steps share one hold."""
+iterates holds the host's lock from one batch to the next, nested steps share one hold, and the
+lock is the host's, shared by every campaign's embedded agent."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from jetson_agent.quiet import DeviceLock
+from optimizer.campaign.driver import agent_endpoint
+from optimizer.config import load_campaign
 from optimizer.device import colocation
+from tests.campaign_helpers import write_campaign
 
 
 @pytest.fixture()
@@ -70,3 +75,26 @@ def test_without_a_co_located_agent_nothing_waits(tmp_path: Path) -> None:
     assert list(colocation.PacedLoader([1, 2])) == [1, 2]
     with colocation.step():
         pass
+
+
+def test_two_campaigns_on_one_host_share_one_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each campaign's embedded agent holds the host's lock, not its own: a trial of campaign
+    A mid-step holds off a job of campaign B's agent."""
+    monkeypatch.chdir(tmp_path)  # the agents' caches go under runs/<name>/
+    campaigns = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        campaigns.append(load_campaign(write_campaign(tmp_path / name, name=name)))
+    console = Console(quiet=True)
+    with agent_endpoint(campaigns[0], console) as a, agent_endpoint(campaigns[1], console) as b:
+        assert a.urls != b.urls
+        assert a.quiet_lock == b.quiet_lock == colocation.host_lock_folder()
+        colocation.share_device(a.quiet_lock)
+        try:
+            with colocation.step():
+                assert not _measures_within(b.quiet_lock, 0.3)
+            assert _measures_within(b.quiet_lock, 5)
+        finally:
+            colocation.share_device(None)

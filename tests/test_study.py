@@ -142,6 +142,27 @@ def test_the_objective_is_the_campaigns_reference_latency_over_the_paired_speedu
     assert drift["drift"] == pytest.approx(0.3) and drift["flagged"]
 
 
+def test_the_best_feasible_is_the_highest_paired_speedup_not_the_lowest_latency(
+    in_tmp: Path,
+) -> None:
+    """Trial 3 has the higher speedup; the device slowed before it was recorded, so its
+    latency (the reference's median then, over its speedup) is the higher one."""
+    campaign = _campaign(in_tmp)
+    study, store = open_study(campaign), artifact_store(campaign)
+    for number, reference_ms, speedup in (
+        (0, 2.0, 1.0),
+        (1, 2.0, 4.0),
+        (2, 3.0, 1.0),
+        (3, 3.0, 4.2),
+    ):
+        outcome = _complete(number, reference_ms / speedup, 0.9, 0.0)
+        outcome.attrs.update(_paired(reference_ms / speedup, reference_ms, at=float(number)))
+        record(study, study.ask(), outcome, campaign, store)
+    latency = {t.number: t.user_attrs["latency_ms"] for t in study.trials}
+    assert latency[3] > latency[1]  # 2.5 / 4.2 against 2.0 / 4.0
+    assert best_feasible(study).number == 3
+
+
 def test_no_drift_is_flagged_within_the_limit_and_none_before_two_jobs() -> None:
     jobs = [{"at": float(i), "latency_ms": 2.0 + 0.02 * (i % 3)} for i in range(12)]
     drift = reference_drift(jobs)

@@ -54,6 +54,7 @@ from optimizer.campaign.study import (
     trial_metric,
 )
 from optimizer.config import Campaign, CampaignError
+from optimizer.device import colocation
 from optimizer.device.client import Reference
 from optimizer.device.local_agent import AgentStartError, local_agent
 from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_agents
@@ -126,7 +127,7 @@ def agent_endpoint(
     env = dict(os.environ)
     env.setdefault("JETSON_AGENT_ORT_THREADS", "1")  # steadier timings on a shared CPU
     cache = campaign.run_dir / "agent-cache"
-    quiet = (cache / "quiet").resolve() if campaign.agents.measure.quiet else None
+    quiet = colocation.host_lock_folder() if campaign.agents.measure.quiet else None
     args = ["--backend", "onnxruntime", "--log-level", "WARNING"]
     if quiet is not None:
         args += ["--quiet-lock", str(quiet)]

@@ -213,12 +213,15 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial with the highest paired speedup. Not the lowest ``latency_ms``: that
+    is the reference's median *at record time* over the speedup, so it also moves with the
+    device's drift between the two trials' records."""
     feasible = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("feasible")
     ]
-    return min(feasible, key=lambda t: t.user_attrs["latency_ms"], default=None)
+    return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
 
 
 #: The states of a trial that has ended.

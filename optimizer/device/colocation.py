@@ -7,11 +7,17 @@ a job times and a job waits at most for the steps under way. Training batches ar
 loader techniques iterate (:class:`PacedLoader`, ``ctx.train_loader``), so a plugin's own training
 loop pauses too without knowing it. A trial process is told the lock's folder once
 (:func:`share_device`); on a host without that folder (another Ray node) it does nothing.
+
+The lock belongs to the host, not to a campaign (:func:`host_lock_folder`): two campaigns run
+side by side on one machine pause each other's trials while either one's agent times, and
+their agents take turns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,11 @@ from typing import Any
 from jetson_agent.quiet import DeviceLock
 
 _lock: DeviceLock | None = None
+
+
+def host_lock_folder() -> Path:
+    """This host's measurement-lock folder, shared by every campaign its user runs here."""
+    return Path(tempfile.gettempdir()) / f"vitopt-quiet-{getpass.getuser()}"
 
 
 def share_device(folder: Path | None) -> None:

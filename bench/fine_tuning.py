@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from optimizer.config import load_campaign
-from optimizer.plugin_api import StageContext
 from optimizer.plugin_api.model_stats import count_macs
 from optimizer.plugin_host.registry import plugin_registry
-from optimizer.trial.baseline import load_model, load_teacher, prepare_baseline
+from optimizer.trial.baseline import load_model, prepare_baseline
 from optimizer.trial.export import export_onnx
-from optimizer.trial.pipeline import load_splits
+from optimizer.trial.pipeline import load_splits, stage_context
 from plugins.distillation import KnowledgeDistillation
 from plugins.pruning import TorchPruning
 
@@ -76,27 +74,17 @@ def main() -> None:
         for ratio in args.ratios:
             for epochs in args.epochs:
                 for variant in args.variants:
-                    seed = campaign.search.seed
-                    ctx = StageContext(
-                        input_shape=(1, *splits.input_shape),
-                        num_classes=splits.num_classes,
-                        train_loader=DataLoader(
-                            splits.train,
-                            batch_size=campaign.data.batch_size,
-                            shuffle=True,
-                            generator=torch.Generator().manual_seed(seed),
-                        ),
-                        val_loader=DataLoader(splits.val, batch_size=256),
-                        task=task,
-                        load_teacher=lambda: load_teacher(campaign, splits.num_classes, checkpoint),
-                        device_info={},
-                        work_dir=work,
-                        seed=seed,
+                    ctx = stage_context(
+                        campaign,
+                        splits,
+                        registry,
+                        {},
+                        work,
+                        number=0,
+                        checkpoint=checkpoint,
                         log=logging.getLogger("fine_tuning"),
-                        model_name=campaign.model.name,
-                        model_family=family,
                     )
-                    torch.manual_seed(seed)
+                    torch.manual_seed(ctx.seed)
                     cut = {
                         "prune.method": args.method,
                         "prune.ratio": ratio,

@@ -4,7 +4,6 @@ renderers (:mod:`.plotly_figures`, :mod:`.png_figures`, :mod:`.report`) read onl
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -85,18 +84,19 @@ def importances(
 
 
 def history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per complete trial, in trial order: its latency and the best feasible latency so far."""
-    best = math.inf
+    """Per complete trial, in trial order: its latency and the latency of the best feasible
+    trial so far (the highest paired speedup, as ``best_feasible`` picks it)."""
+    best: dict[str, Any] | None = None
     steps = []
     for row in sorted(rows, key=lambda r: r["trial"]):
-        if row["feasible"]:
-            best = min(best, row["latency_ms"])
+        if row["feasible"] and (best is None or row["speedup"] > best["speedup"]):
+            best = row
         steps.append(
             {
                 "trial": row["trial"],
                 "latency_ms": row["latency_ms"],
                 "feasible": row["feasible"],
-                "best_feasible_ms": None if math.isinf(best) else best,
+                "best_feasible_ms": None if best is None else best["latency_ms"],
             }
         )
     return steps

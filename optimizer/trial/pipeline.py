@@ -62,7 +62,7 @@ def load_splits(campaign: Campaign) -> Any:
     return _splits(campaign.data.model_dump_json(), tuple(campaign.plugins.disable))
 
 
-def _stage_context(
+def stage_context(
     campaign: Campaign,
     splits: Any,
     registry: Registry,
@@ -128,7 +128,7 @@ def check_defaults(
     model = load_model(campaign, splits.num_classes, checkpoint)
     torch.manual_seed(campaign.search.seed)
     log = logging.getLogger("vitopt.defaults")
-    ctx = _stage_context(
+    ctx = stage_context(
         campaign, splits, registry, device_info, work, number=0, checkpoint=checkpoint, log=log
     )
     check_leaves_unchanged(registry.techniques, model, defaults, ctx, work)
@@ -267,7 +267,7 @@ def _run(
         if should_prune is not None and should_prune(step, value):
             raise TrialPruned(f"pruned at epoch {step} with validation accuracy {value:.4f}")
 
-    ctx = _stage_context(
+    ctx = stage_context(
         campaign,
         splits,
         registry,

@@ -31,7 +31,7 @@ from optimizer.plugin_api.model_stats import count_macs
 from optimizer.plugin_host.registry import plugin_registry
 from optimizer.trial.baseline import load_model, prepare_baseline
 from optimizer.trial.export import export_onnx
-from optimizer.trial.pipeline import load_splits, stage_context
+from optimizer.trial.pipeline import load_splits, trial_context
 from plugins.distillation import KnowledgeDistillation
 from plugins.pruning import TorchPruning
 
@@ -74,7 +74,7 @@ def main() -> None:
         for ratio in args.ratios:
             for epochs in args.epochs:
                 for variant in args.variants:
-                    ctx = stage_context(
+                    ctx = trial_context(
                         campaign,
                         splits,
                         registry,

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from campaign_helpers import write_campaign
 from rich.console import Console
 
 from jetson_agent.quiet import DeviceLock
 from optimizer.campaign.driver import agent_endpoint
 from optimizer.config import load_campaign
 from optimizer.device import colocation
-from tests.campaign_helpers import write_campaign
 
 
 @pytest.fixture()

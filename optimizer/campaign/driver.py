@@ -48,6 +48,7 @@ from optimizer.campaign.study import (
     counted_trials,
     failure_reasons,
     open_study,
+    recipe,
     record,
     reference_drift,
     reference_jobs,
@@ -61,7 +62,7 @@ from optimizer.device.pool import AgentLease, AgentPool, AgentPoolError, probe_a
 from optimizer.plugin_api.task import scores_outputs
 from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import convergence_path, prepare_baseline
-from optimizer.trial.outcome import TrialOutcome, TrialRequest
+from optimizer.trial.outcome import UNUSED_PARAMS_ATTR, TrialOutcome, TrialRequest
 from optimizer.trial.pipeline import check_defaults, load_splits
 from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed
 
@@ -335,7 +336,8 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
     if best is not None:
         summary["best"] = {
             "trial": best.number,
-            "params": best.params,
+            "params": recipe(best),
+            "unused_params": best.user_attrs.get(UNUSED_PARAMS_ATTR) or [],
             "accuracy": best.user_attrs["accuracy"],
             "latency_ms": best.user_attrs["latency_ms"],
             "speedup": best.user_attrs["speedup"],

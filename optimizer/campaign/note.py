@@ -27,6 +27,7 @@ from optimizer.campaign.study import (
     baseline_trial,
     best_feasible,
     counted_trials,
+    recipe,
     reference_drift,
     reference_jobs,
     trial_metric,
@@ -161,7 +162,7 @@ def _candidate(trial: FrozenTrial) -> dict[str, Any]:
         "speedup": attrs.get("speedup"),
         "speedup_ci": attrs.get("speedup_ci"),
         "accuracy_drop": attrs.get("accuracy_drop"),
-        "params": dict(trial.params),
+        "params": recipe(trial),
     }
 
 

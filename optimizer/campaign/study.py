@@ -17,7 +17,7 @@ from optimizer.campaign.storage import open_storage, sqlite_file
 from optimizer.config import Campaign
 from optimizer.plugin_api.task import DEFAULT_METRIC
 from optimizer.trial.log import LOG_NAME
-from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, TrialOutcome
+from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, UNUSED_PARAMS_ATTR, TrialOutcome
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
@@ -203,6 +203,13 @@ def metric_label(attrs: Mapping[str, Any]) -> str:
 def trial_metric(trial: FrozenTrial | None) -> str:
     """:func:`metric_label` of ``trial`` (the baseline, say); top-1 when there is none yet."""
     return metric_label(trial.user_attrs if trial is not None else {})
+
+
+def recipe(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters that shaped ``trial``'s candidate: its sampled ones less those that had
+    no effect on it (``unused_params``: the train stage's, when nothing was fine-tuned)."""
+    unused = set(trial.user_attrs.get(UNUSED_PARAMS_ATTR) or ())
+    return {name: value for name, value in trial.params.items() if name not in unused}
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -76,10 +76,10 @@ def status(campaign_file: Path, top: int, number: int | None, storage: str | Non
         complete,
         key=lambda t: (
             not t.user_attrs.get("feasible"),
-            t.user_attrs.get("latency_ms", float("inf")),
+            -(t.user_attrs.get("speedup") or 0.0),
         ),
     )
-    console.print(trials_table(f"top {top} (feasible first, by latency)", ranked[:top]))
+    console.print(trials_table(f"top {top} (feasible first, by paired speedup)", ranked[:top]))
     if campaign.objective.mode == "pareto":
         console.print(trials_table("Pareto front (latency, accuracy)", study.best_trials))
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]

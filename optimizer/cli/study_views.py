@@ -22,6 +22,7 @@ from optimizer.campaign.study import (
     RETRIED_ATTR,
     best_feasible,
     load_existing_study,
+    recipe,
     trial_metric,
 )
 from optimizer.config import Campaign, CampaignError, load_campaign
@@ -60,7 +61,7 @@ def _fmt_trial(trial: FrozenTrial) -> list[str]:
         _millions(attrs.get("params_count")),
         _millions(attrs.get("macs")),
         "yes" if attrs.get("feasible") else "no",
-        ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items())),
+        ", ".join(f"{k}={_short(v)}" for k, v in sorted(recipe(trial).items())),
     ]
 
 
@@ -115,6 +116,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             f"{summary['max_accuracy_drop'] * 100:.2f} pt)"
         )
         console.print("  params: " + json.dumps(best["params"], sort_keys=True))
+        if best["unused_params"]:
+            unused = ", ".join(best["unused_params"])
+            console.print(f"  [dim]not used (nothing to fine-tune): {unused}[/]")
     else:
         console.print("[yellow]no feasible candidate yet[/]")
     print_failures(console, summary["failures"])

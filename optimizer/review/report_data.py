@@ -12,7 +12,7 @@ from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer.campaign.note import digest
-from optimizer.campaign.study import BASELINE_ATTR, baseline_trial
+from optimizer.campaign.study import BASELINE_ATTR, baseline_trial, recipe
 from optimizer.config import Campaign
 from optimizer.plugin_api.task import DEFAULT_METRIC
 
@@ -34,7 +34,7 @@ def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "feasible": bool(attrs.get("feasible")),
         "params_count": attrs.get("params_count"),
         "model_size_bytes": attrs.get("model_size_bytes"),
-        "params": dict(trial.params),
+        "params": recipe(trial),
     }
 
 

@@ -20,6 +20,9 @@ REFERENCE_JOBS_ATTR = "reference_jobs"
 # points of a fraction score): flagged in this attribute, the study note and vitopt status.
 DISAGREEMENT = 0.005
 DISAGREEMENT_ATTR = "accuracy_disagreement"
+# The parameters that had no effect on the candidate: the train stage's, when it left the
+# weights as they were (nothing to fine-tune). Shown apart from the recipe in every view.
+UNUSED_PARAMS_ATTR = "unused_params"
 
 
 @dataclass

@@ -39,7 +39,13 @@ from optimizer.trial.baseline import load_model, load_teacher
 from optimizer.trial.evaluation import device_outputs, scores, test_inputs
 from optimizer.trial.export import export_onnx
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
-from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, ShouldPrune, TrialOutcome, TrialRequest
+from optimizer.trial.outcome import (
+    REFERENCE_JOBS_ATTR,
+    UNUSED_PARAMS_ATTR,
+    ShouldPrune,
+    TrialOutcome,
+    TrialRequest,
+)
 from optimizer.trial.stages import (
     TechniqueFailed,
     apply_technique,
@@ -62,7 +68,7 @@ def load_splits(campaign: Campaign) -> Any:
     return _splits(campaign.data.model_dump_json(), tuple(campaign.plugins.disable))
 
 
-def stage_context(
+def trial_context(
     campaign: Campaign,
     splits: Any,
     registry: Registry,
@@ -128,7 +134,7 @@ def check_defaults(
     model = load_model(campaign, splits.num_classes, checkpoint)
     torch.manual_seed(campaign.search.seed)
     log = logging.getLogger("vitopt.defaults")
-    ctx = stage_context(
+    ctx = trial_context(
         campaign, splits, registry, device_info, work, number=0, checkpoint=checkpoint, log=log
     )
     check_leaves_unchanged(registry.techniques, model, defaults, ctx, work)
@@ -267,7 +273,7 @@ def _run(
         if should_prune is not None and should_prune(step, value):
             raise TrialPruned(f"pruned at epoch {step} with validation accuracy {value:.4f}")
 
-    ctx = stage_context(
+    ctx = trial_context(
         campaign,
         splits,
         registry,
@@ -322,6 +328,15 @@ def _run(
         artifact = deployable("candidate")
         result = measure(artifact)
         reference_jobs.append(_reference_job(result, measure.metric))
+    else:  # nothing was fine-tuned: the train stage's parameters did not shape this candidate
+        unused = [
+            spec.name
+            for entry in stages["train"]
+            for spec in entry.technique.search_space()
+            if spec.name in request.params
+        ]
+        if unused:
+            outcome.attrs[UNUSED_PARAMS_ATTR] = sorted(unused)
 
     if request.save_weights is not None:
         from safetensors.torch import save_file

@@ -203,10 +203,20 @@ class MeasureConfig(_Strict):
         description="an embedded agent pauses this host's trials while it times (a remote "
         "agent is unaffected)",
     )
+    contention_limit: float | None = Field(
+        0.10,
+        gt=0,
+        description="a job whose reference ran this much slower (relative) than the "
+        "campaign's quiet reference latency was timed on a busy device and is timed again; "
+        "null: never",
+    )
+    contention_retries: int = Field(
+        2, ge=0, le=5, description="how many times a contended job is timed again at most"
+    )
 
     def spec(self) -> dict[str, Any]:
         """The agent's spec fields for this campaign (precision and reference are per job)."""
-        return self.model_dump(exclude={"quiet"})
+        return self.model_dump(exclude={"quiet", "contention_limit", "contention_retries"})
 
 
 class AgentsConfig(_Strict):

@@ -22,7 +22,7 @@ from optimizer.cli import main
 from optimizer.config import load_campaign
 from optimizer.device.client import Reference, sha256_file
 from optimizer.device.pool import AgentPool
-from optimizer.trial.outcome import TrialOutcome, TrialRequest
+from optimizer.trial.outcome import CONTENDED_ATTR, TrialOutcome, TrialRequest
 from optimizer.trial.pipeline import run_trial, slower_than_best
 
 
@@ -144,8 +144,18 @@ def test_a_candidate_is_cut_on_its_paired_probe_and_completes_without_a_cut(
         assert cut.attrs["speedup_ci"][1] < 1000.0
         assert set(cut.artifacts) == {"model.onnx", "measurement.json", "trial.log"}  # as timed
         kept = trial(2, pruned, cut_speedup=None, **against)
+        # A device that looks busy to every job (its quiet reference latency next to nothing):
+        # each job is timed again, as often as the campaign allows, and the quietest is kept.
+        busy = trial(3, pruned, cut_speedup=None, quiet_reference_ms=1e-6, **against)
+        calm = trial(4, pruned, cut_speedup=None, quiet_reference_ms=1e6, **against)
     finally:
         agent.stop()
+    assert busy.state == calm.state == "COMPLETE"
+    retimed = busy.attrs[CONTENDED_ATTR]["retimed_reference_ms"]
+    assert len(retimed) == campaign.agents.measure.contention_retries
+    assert len(busy.attrs["agent_jobs"]) == 1 + len(retimed)
+    assert busy.attrs["reference_jobs"][0]["latency_ms"] <= min(retimed)
+    assert CONTENDED_ATTR not in calm.attrs and CONTENDED_ATTR not in kept.attrs
     assert kept.state == "COMPLETE", kept.attrs.get("fail_reason")
     attrs = kept.attrs
     assert attrs["speedup"] > 1.0  # half the heads gone: faster than the baseline

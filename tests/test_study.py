@@ -14,6 +14,7 @@ from optimizer.campaign.study import (
     artifact_store,
     best_feasible,
     open_study,
+    quiet_reference_ms,
     record,
     reference_drift,
     reference_jobs,
@@ -170,6 +171,16 @@ def test_no_drift_is_flagged_within_the_limit_and_none_before_two_jobs() -> None
     assert reference_drift(jobs[:1]) is None
     slow = [*jobs, *({"at": 20.0 + i, "latency_ms": 2.4} for i in range(5))]
     assert reference_drift(slow)["flagged"]  # the last five are 20 % slower than the first
+
+
+def test_the_quiet_reference_is_the_recent_lower_quartile() -> None:
+    """Busy jobs (a slower reference) do not raise the quiet latency; a device that slowed for
+    good does, once the recent window is mostly slow, so its jobs are not all timed again."""
+    jobs = [{"at": float(i), "latency_ms": ms} for i, ms in enumerate([5.0, 6.5, 5.2, 7.0])]
+    assert quiet_reference_ms(jobs[:2]) is None
+    assert quiet_reference_ms(jobs) == pytest.approx(5.15)  # not the median, 5.85
+    slowed = [*jobs, *({"at": 10.0 + i, "latency_ms": 6.0} for i in range(20))]
+    assert quiet_reference_ms(slowed) == 6.0
 
 
 def test_pareto_mode_records_latency_and_accuracy(in_tmp: Path) -> None:

@@ -48,10 +48,11 @@ from optimizer.campaign.study import (
     counted_trials,
     failure_reasons,
     open_study,
+    quiet_reference_ms,
     recipe,
     record,
-    reference_drift,
     reference_jobs,
+    reference_summary,
     trial_metric,
 )
 from optimizer.config import Campaign, CampaignError
@@ -322,7 +323,7 @@ def _summary(study: optuna.Study, campaign: Campaign, wall_s: float) -> dict[str
         "accuracy_metric": trial_metric(base),
         "baseline": None,
         "best": None,
-        "reference": reference_drift(reference_jobs(trials)),
+        "reference": reference_summary(trials),
         "failures": failure_reasons(trials),
     }
     if base is not None:
@@ -547,6 +548,7 @@ def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any)
         **against_baseline(campaign, None if is_baseline else base),
         evaluate_on=setup.evaluate_on,
         cut_speedup=cut,
+        quiet_reference_ms=quiet_reference_ms(reference_jobs(study.get_trials(deepcopy=False))),
         quiet_lock=setup.quiet_lock,
     )
     return executor.submit(request, functools.partial(_report, trial))

@@ -28,8 +28,7 @@ from optimizer.campaign.study import (
     best_feasible,
     counted_trials,
     recipe,
-    reference_drift,
-    reference_jobs,
+    reference_summary,
     trial_metric,
 )
 from optimizer.config import Campaign
@@ -129,7 +128,7 @@ def digest(study: optuna.Study, campaign: Campaign) -> dict[str, Any]:
         "device": None,
         "baseline": None,
         "best": None,
-        "reference": reference_drift(reference_jobs(snapshot.get_trials())),
+        "reference": reference_summary(snapshot.get_trials()),
         "disagreements": disagreements(counted),
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -175,6 +174,8 @@ def drift_line(reference: dict[str, Any] | None) -> str:
         f"{reference['drift'] * 100:+.1f} % (last {reference['window']} jobs against the "
         f"first {reference['window']})"
     )
+    if reference.get("retimed"):
+        line += f"; {reference['retimed']} jobs timed again on a busy device"
     if reference["flagged"]:
         line += (
             f": beyond ±{DRIFT_LIMIT * 100:.0f} %, the device changed during the campaign "

@@ -17,7 +17,12 @@ from optimizer.campaign.storage import open_storage, sqlite_file
 from optimizer.config import Campaign
 from optimizer.plugin_api.task import DEFAULT_METRIC
 from optimizer.trial.log import LOG_NAME
-from optimizer.trial.outcome import REFERENCE_JOBS_ATTR, UNUSED_PARAMS_ATTR, TrialOutcome
+from optimizer.trial.outcome import (
+    CONTENDED_ATTR,
+    REFERENCE_JOBS_ATTR,
+    UNUSED_PARAMS_ATTR,
+    TrialOutcome,
+)
 
 # Constraints are written as the list-valued system attribute "constraints": Optuna 5's samplers
 # read it (as well as the per-name keys Trial.set_constraint writes), and optuna-dashboard 0.21
@@ -37,6 +42,9 @@ RESOLVED_PARAMS_ATTR = "resolved_params"
 # their drift is flagged beyond DRIFT_LIMIT.
 DRIFT_LIMIT = 0.10
 DRIFT_WINDOW = 5
+# A job is judged contended against the lower quartile of the last QUIET_WINDOW reference jobs.
+QUIET_WINDOW = 20
+QUIET_MIN_JOBS = 3
 
 
 def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
@@ -130,6 +138,29 @@ def reference_jobs(trials: Iterable[FrozenTrial]) -> list[dict[str, float]]:
 def reference_latency_ms(jobs: list[dict[str, float]]) -> float:
     """The campaign's reference latency: the median of the reference's latency over its jobs."""
     return statistics.median(job["latency_ms"] for job in jobs)
+
+
+def reference_summary(trials: Iterable[FrozenTrial]) -> dict[str, Any] | None:
+    """:func:`reference_drift` over the trials' reference jobs, with how many jobs were timed
+    again because the device was busy (``retimed``). None before two jobs."""
+    trials = list(trials)
+    drift = reference_drift(reference_jobs(trials))
+    if drift is not None:
+        drift["retimed"] = sum(
+            len((t.user_attrs.get(CONTENDED_ATTR) or {}).get("retimed_reference_ms", ()))
+            for t in trials
+        )
+    return drift
+
+
+def quiet_reference_ms(jobs: list[dict[str, float]]) -> float | None:
+    """The reference's latency on a quiet device: the lower quartile of its last
+    QUIET_WINDOW jobs (recent, so that a device that slowed for good is not timed again
+    forever). None before QUIET_MIN_JOBS jobs."""
+    recent = [job["latency_ms"] for job in jobs[-QUIET_WINDOW:]]
+    if len(recent) < QUIET_MIN_JOBS:
+        return None
+    return statistics.quantiles(recent, n=4, method="inclusive")[0]
 
 
 def reference_drift(jobs: list[dict[str, float]]) -> dict[str, Any] | None:

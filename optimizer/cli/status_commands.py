@@ -17,8 +17,7 @@ from optimizer.campaign.study import (
     best_feasible,
     counted_trials,
     failure_reasons,
-    reference_drift,
-    reference_jobs,
+    reference_summary,
 )
 from optimizer.cli.study_views import (
     agents_table,
@@ -69,7 +68,7 @@ def status(campaign_file: Path, top: int, number: int | None, storage: str | Non
     convergence = study.user_attrs.get(BASELINE_TRAINING_ATTR)
     if convergence is not None:
         console.print(f"baseline training: {convergence_summary(convergence)}")
-    print_drift(console, reference_drift(reference_jobs(study.get_trials(deepcopy=False))))
+    print_drift(console, reference_summary(study.get_trials(deepcopy=False)))
     best = best_feasible(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = sorted(

@@ -23,6 +23,9 @@ DISAGREEMENT_ATTR = "accuracy_disagreement"
 # The parameters that had no effect on the candidate: the train stage's, when it left the
 # weights as they were (nothing to fine-tune). Shown apart from the recipe in every view.
 UNUSED_PARAMS_ATTR = "unused_params"
+# The jobs of a trial timed again because the device was busy (their reference ran slower
+# than the campaign's quiet reference latency by more than agents.measure.contention_limit).
+CONTENDED_ATTR = "contended_jobs"
 
 
 @dataclass
@@ -40,6 +43,10 @@ class TrialRequest:
     # the baseline, timed against itself).
     reference: Reference | None = None
     cut_speedup: float | None = None  # best feasible speedup so far (latency-first cut)
+    # The reference's latency on a quiet device so far (None: too few jobs to tell): a job
+    # whose reference ran slower than this by more than the campaign's contention limit is
+    # timed again.
+    quiet_reference_ms: float | None = None
     quiet_lock: Path | None = None  # the embedded agent's lock folder, on the driver's host
     save_weights: Path | None = None  # write the final torch weights here (safetensors)
     # Where the accuracy is measured: "host" (onnxruntime here) or "device" (the agent runs the

@@ -40,6 +40,7 @@ from optimizer.trial.evaluation import device_outputs, scores, test_inputs
 from optimizer.trial.export import export_onnx
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
 from optimizer.trial.outcome import (
+    CONTENDED_ATTR,
     REFERENCE_JOBS_ATTR,
     UNUSED_PARAMS_ATTR,
     ShouldPrune,
@@ -142,7 +143,14 @@ def check_defaults(
 
 class _Measurer:
     """Every job paired with the campaign's reference (the baseline's deployable model; for
-    the baseline itself, its own model: an A/A job whose interval shows the noise left)."""
+    the baseline itself, its own model: an A/A job whose interval shows the noise left).
+
+    Pairing cancels a slowdown that hits both models alike, not one that hits them unequally:
+    on a busy host (another process on the core's sibling, say) an int8 candidate slows more
+    than the fp32 reference, and its speedup reads up to 30 % low. A job whose reference ran
+    slower than the campaign's quiet reference latency by more than ``contention_limit`` is
+    timed again, ``contention_retries`` times at most, and the job whose reference ran
+    fastest is kept."""
 
     def __init__(self, request: TrialRequest):
         agents = request.campaign.agents
@@ -150,11 +158,26 @@ class _Measurer:
         self.spec = agents.measure.spec()
         self.reference = request.reference
         self.metric = request.campaign.objective.metric
+        limit = agents.measure.contention_limit
+        quiet = request.quiet_reference_ms
+        self.busy_above = quiet * (1 + limit) if limit is not None and quiet else None
+        self.retries = agents.measure.contention_retries
+        self.contended: list[float] = []  # reference latency of each job timed again
+
+    def reference_ms(self, result: dict[str, Any]) -> float:
+        return result["paired"]["reference"]["latency_ms"][self.metric]
+
+    def _busy(self, result: dict[str, Any]) -> bool:
+        return self.busy_above is not None and self.reference_ms(result) > self.busy_above
 
     def __call__(self, artifact: OnnxArtifact) -> dict[str, Any]:
         reference = self.reference or Reference(artifact.path, artifact.precision)
         spec = dict(self.spec, precision=artifact.precision)
-        return self.pooled(artifact.path, spec, reference)
+        jobs = [self.pooled(artifact.path, spec, reference)]
+        while self._busy(jobs[-1]) and len(jobs) <= self.retries:
+            self.contended.append(self.reference_ms(jobs[-1]))
+            jobs.append(self.pooled(artifact.path, spec, reference))
+        return min(jobs, key=self.reference_ms)
 
 
 def _latency_attrs(result: dict[str, Any]) -> dict[str, Any]:
@@ -176,12 +199,9 @@ def _paired_attrs(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _reference_job(result: dict[str, Any], metric: str) -> dict[str, float]:
+def _reference_job(result: dict[str, Any], measure: _Measurer) -> dict[str, float]:
     """One job's reference timing, for the campaign's reference latency and its drift."""
-    return {
-        "at": result["measured_at"],
-        "latency_ms": result["paired"]["reference"]["latency_ms"][metric],
-    }
+    return {"at": result["measured_at"], "latency_ms": measure.reference_ms(result)}
 
 
 def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) -> TrialOutcome:
@@ -215,6 +235,11 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
             outcome.attrs["traceback"] = traceback.format_exc()[-4000:]
         outcome.attrs["trial_wall_s"] = time.monotonic() - started
         outcome.attrs["agent_jobs"] = measure.pooled.log
+        if measure.contended:
+            outcome.attrs[CONTENDED_ATTR] = {
+                "quiet_reference_ms": request.quiet_reference_ms,
+                "retimed_reference_ms": measure.contended,
+            }
         _log_ending(log.logger, outcome)
         outcome.attrs[LOG_TAIL_ATTR] = log.tail
     outcome.artifacts[LOG_NAME] = str(log.path)
@@ -305,7 +330,7 @@ def _run(
 
     artifact = deployable("architecture")
     result = measure(artifact)
-    reference_jobs = [_reference_job(result, measure.metric)]
+    reference_jobs = [_reference_job(result, measure)]
     outcome.attrs[REFERENCE_JOBS_ATTR] = reference_jobs
     probe = _paired_attrs(result)
     outcome.attrs["probe_speedup"] = probe["speedup"]
@@ -327,7 +352,7 @@ def _run(
     if fingerprint(model) != before:  # retrained: the deployable file and its timing change
         artifact = deployable("candidate")
         result = measure(artifact)
-        reference_jobs.append(_reference_job(result, measure.metric))
+        reference_jobs.append(_reference_job(result, measure))
     else:  # nothing was fine-tuned: the train stage's parameters did not shape this candidate
         unused = [
             spec.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from optuna.artifacts import get_all_artifact_meta
@@ -114,23 +115,25 @@ def test_a_cut_trial_keeps_the_model_it_was_timed_with(in_tmp: Path) -> None:
     assert [[meta.filename for meta in metas] for metas in kept] == [["model.onnx"], []]
 
 
+def _timed_study(folder: Path, jobs: list[tuple[float, float]]) -> optuna.Study:
+    """A study of complete, feasible trials, one per (reference latency, paired speedup),
+    each timed one second after the previous one."""
+    campaign = _campaign(folder)
+    study, store = open_study(campaign), artifact_store(campaign)
+    for number, (reference_ms, speedup) in enumerate(jobs):
+        outcome = _complete(number, reference_ms / speedup, 0.9, 0.0)
+        outcome.attrs.update(_paired(reference_ms / speedup, reference_ms, at=float(number)))
+        record(study, study.ask(), outcome, campaign, store)
+    return study
+
+
 def test_the_objective_is_the_campaigns_reference_latency_over_the_paired_speedup(
     in_tmp: Path,
 ) -> None:
     """Trials timed while the device drifts compare by their paired speedups: each value is
     the median reference latency so far over the trial's speedup, not its absolute time."""
-    campaign = _campaign(in_tmp)
-    study, store = open_study(campaign), artifact_store(campaign)
     # The device slows by 30 % after trial 1: references and candidates alike.
-    for number, reference_ms, speedup in (
-        (0, 2.0, 1.0),
-        (1, 2.0, 2.0),
-        (2, 2.6, 2.0),
-        (3, 2.6, 4.0),
-    ):
-        outcome = _complete(number, reference_ms / speedup, 0.9, 0.0)
-        outcome.attrs.update(_paired(reference_ms / speedup, reference_ms, at=float(number)))
-        record(study, study.ask(), outcome, campaign, store)
+    study = _timed_study(in_tmp, [(2.0, 1.0), (2.0, 2.0), (2.6, 2.0), (2.6, 4.0)])
     values = [t.values[0] for t in study.trials]
     # Medians of the reference so far: 2.0, 2.0, 2.0, 2.3.
     assert values == pytest.approx([2.0, 1.0, 1.0, 2.3 / 4.0])
@@ -148,17 +151,7 @@ def test_the_best_feasible_is_the_highest_paired_speedup_not_the_lowest_latency(
 ) -> None:
     """Trial 3 has the higher speedup; the device slowed before it was recorded, so its
     latency (the reference's median then, over its speedup) is the higher one."""
-    campaign = _campaign(in_tmp)
-    study, store = open_study(campaign), artifact_store(campaign)
-    for number, reference_ms, speedup in (
-        (0, 2.0, 1.0),
-        (1, 2.0, 4.0),
-        (2, 3.0, 1.0),
-        (3, 3.0, 4.2),
-    ):
-        outcome = _complete(number, reference_ms / speedup, 0.9, 0.0)
-        outcome.attrs.update(_paired(reference_ms / speedup, reference_ms, at=float(number)))
-        record(study, study.ask(), outcome, campaign, store)
+    study = _timed_study(in_tmp, [(2.0, 1.0), (2.0, 4.0), (3.0, 1.0), (3.0, 4.2)])
     latency = {t.number: t.user_attrs["latency_ms"] for t in study.trials}
     assert latency[3] > latency[1]  # 2.5 / 4.2 against 2.0 / 4.0
     assert best_feasible(study).number == 3

@@ -73,7 +73,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -679,12 +679,17 @@ class OrtTimer:
 
 
 def remeasure(
-    baseline: Path, models: dict[int, Path], rounds: int, block_ms: float, seed: int
+    baseline: Path,
+    models: dict[int, Path],
+    rounds: int,
+    block_ms: float,
+    seed: int,
+    hold: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> dict[int, dict[str, Any]]:
     """Every model against the baseline's, quiet, in one process: each round times a block of
     the baseline and one of the model, in alternating order, for every model in a shuffled
-    order; a model's speedup is the median of its round ratios, with the order-statistics 95 %
-    interval."""
+    order, inside ``hold()`` (a host's measurement lock, say); a model's speedup is the median
+    of its round ratios, with the order-statistics 95 % interval."""
     from jetson_agent.stats import median_interval
 
     base = OrtTimer(baseline, block_ms)
@@ -694,12 +699,13 @@ def remeasure(
     shuffle = random.Random(seed)
     for round_number in range(rounds):
         shuffle.shuffle(order)
-        for number in order:
-            if round_number % 2 == 0:
-                ref, cand = base.block(), timers[number].block()
-            else:
-                cand, ref = timers[number].block(), base.block()
-            ratios[number].append(statistics.median(ref) / statistics.median(cand))
+        with hold():
+            for number in order:
+                if round_number % 2 == 0:
+                    ref, cand = base.block(), timers[number].block()
+                else:
+                    cand, ref = timers[number].block(), base.block()
+                ratios[number].append(statistics.median(ref) / statistics.median(cand))
         if round_number % 10 == 9:
             log(f"  re-measured {round_number + 1}/{rounds} rounds")
     result = {}

@@ -57,16 +57,28 @@ def main() -> None:
     splits = load_splits(campaign)
     checkpoint, _ = prepare_baseline(campaign, splits)
     registry = plugin_registry(campaign.plugins.disable)
-    task = registry.task(campaign.task.name)
-    family = registry.model_family(campaign.model.name)
     example = torch.zeros(1, *splits.input_shape)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vitopt-fine-tuning-") as folder:
         work = Path(folder)
 
+        def context() -> Any:  # a fresh one per run: the same seeded batch order for each
+            return trial_context(
+                campaign,
+                splits,
+                registry,
+                {},
+                work,
+                number=0,
+                checkpoint=checkpoint,
+                log=logging.getLogger("fine_tuning"),
+            )
+
+        scoring = context()
+
         def score(model: torch.nn.Module, name: str) -> float:
-            path = export_onnx(model, example, work / f"{name}.onnx", family=family)
-            return task.evaluate_onnx(path, splits.test)
+            path = export_onnx(model, example, work / f"{name}.onnx", family=scoring.model_family)
+            return scoring.task.evaluate_onnx(path, splits.test)
 
         baseline = load_model(campaign, splits.num_classes, checkpoint)
         base_score = score(baseline, "baseline")
@@ -74,16 +86,7 @@ def main() -> None:
         for ratio in args.ratios:
             for epochs in args.epochs:
                 for variant in args.variants:
-                    ctx = trial_context(
-                        campaign,
-                        splits,
-                        registry,
-                        {},
-                        work,
-                        number=0,
-                        checkpoint=checkpoint,
-                        log=logging.getLogger("fine_tuning"),
-                    )
+                    ctx = context()
                     torch.manual_seed(ctx.seed)
                     cut = {
                         "prune.method": args.method,

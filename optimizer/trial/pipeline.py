@@ -167,6 +167,10 @@ class _Measurer:
     def reference_ms(self, result: dict[str, Any]) -> float:
         return result["paired"]["reference"]["latency_ms"][self.metric]
 
+    def reference_job(self, result: dict[str, Any]) -> dict[str, float]:
+        """One job's reference timing, for the campaign's reference latency and its drift."""
+        return {"at": result["measured_at"], "latency_ms": self.reference_ms(result)}
+
     def _busy(self, result: dict[str, Any]) -> bool:
         return self.busy_above is not None and self.reference_ms(result) > self.busy_above
 
@@ -197,11 +201,6 @@ def _paired_attrs(result: dict[str, Any]) -> dict[str, Any]:
         "speedup_ci_met": paired["target_met"],
         "speedup_rounds": paired["rounds"],
     }
-
-
-def _reference_job(result: dict[str, Any], measure: _Measurer) -> dict[str, float]:
-    """One job's reference timing, for the campaign's reference latency and its drift."""
-    return {"at": result["measured_at"], "latency_ms": measure.reference_ms(result)}
 
 
 def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) -> TrialOutcome:
@@ -330,7 +329,7 @@ def _run(
 
     artifact = deployable("architecture")
     result = measure(artifact)
-    reference_jobs = [_reference_job(result, measure)]
+    reference_jobs = [measure.reference_job(result)]
     outcome.attrs[REFERENCE_JOBS_ATTR] = reference_jobs
     probe = _paired_attrs(result)
     outcome.attrs["probe_speedup"] = probe["speedup"]
@@ -352,7 +351,7 @@ def _run(
     if fingerprint(model) != before:  # retrained: the deployable file and its timing change
         artifact = deployable("candidate")
         result = measure(artifact)
-        reference_jobs.append(_reference_job(result, measure))
+        reference_jobs.append(measure.reference_job(result))
     else:  # nothing was fine-tuned: the train stage's parameters did not shape this candidate
         unused = [
             spec.name

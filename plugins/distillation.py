@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimizer.plugin_api import ModelFamily, ParamSpec, StageContext, hookimpl
+from optimizer.plugin_api.model_stats import example_input
 from optimizer.plugin_api.training import train_epochs
 
 _ENABLED = {"distill.enabled": [True]}
@@ -99,6 +100,16 @@ def feature_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor
     return torch.stack(terms).mean()
 
 
+def _feature_family(ctx: StageContext) -> ModelFamily:
+    """The family whose rules pair the student's blocks with the teacher's."""
+    if ctx.model_family is None:
+        raise ValueError(
+            f"{ctx.model_name}: distill.features matches blocks by a model family's rules, and "
+            "no family covers this model"
+        )
+    return ctx.model_family
+
+
 def _task_loss(ctx: StageContext):
     def loss(logits: torch.Tensor, _inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return ctx.task.loss(logits, labels)
@@ -136,6 +147,41 @@ class KnowledgeDistillation:
                 help="also match the teacher's attention and MLP block outputs (feature KD)",
             ),
         ]
+
+    def preflight(
+        self, model: nn.Module, values: Mapping[str, Sequence[Any]], ctx: StageContext
+    ) -> None:
+        """Refuses a campaign whose trials can run feature KD from a teacher whose blocks do
+        not pair with the baseline's (another architecture named by ``teacher.name``): every
+        such trial would fail on its first batch. Pruning leaves what each block outputs as it
+        is, so the unpruned baseline pairs as its pruned candidates do."""
+        if not (
+            True in values["distill.enabled"]
+            and True in values["distill.features"]
+            and max(values["train.epochs"]) > 0
+        ):
+            return
+        family = _feature_family(ctx)
+        teacher = ctx.teacher
+        was_training = model.training
+        model.eval()
+        example = example_input(ctx.input_shape)
+        try:
+            with (
+                torch.no_grad(),
+                block_outputs(matched_blocks(family, model)) as mine,
+                block_outputs(matched_blocks(family, teacher)) as theirs,
+            ):
+                model(example)
+                teacher(example)
+                feature_loss(mine, theirs)
+        except ValueError as exc:
+            raise ValueError(
+                f"distill.features: {exc}; the teacher must have the student's blocks (the "
+                "baseline, by default): drop teacher.name or fix distill.features to false"
+            ) from exc
+        finally:
+            model.train(was_training)
 
     def apply(self, model: nn.Module, params: Mapping[str, Any], ctx: StageContext) -> nn.Module:
         epochs = int(params["train.epochs"])
@@ -179,15 +225,11 @@ class KnowledgeDistillation:
         temperature, alpha = float(params["distill.temperature"]), float(params["distill.alpha"])
         features = bool(params["distill.features"])
         if features:
-            if ctx.model_family is None:
-                raise ValueError(
-                    f"{ctx.model_name}: distill.features matches blocks by a model family's "
-                    "rules, and no family covers this model"
-                )
+            family = _feature_family(ctx)
             mine = stack.enter_context(
-                block_outputs(matched_blocks(ctx.model_family, model), training_only=True)
+                block_outputs(matched_blocks(family, model), training_only=True)
             )
-            theirs = stack.enter_context(block_outputs(matched_blocks(ctx.model_family, teacher)))
+            theirs = stack.enter_context(block_outputs(matched_blocks(family, teacher)))
 
         def loss(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor):
             with torch.no_grad():

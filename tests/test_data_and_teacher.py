@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
+from campaign_helpers import TINY, write_campaign
 from PIL import Image
+from plugin_helpers import vitopt
 
 from optimizer.config import ModelConfig, load_campaign
 from optimizer.plugin_api import TaskBase
@@ -76,3 +80,38 @@ def test_a_named_teacher_is_loaded_from_its_checkpoint(tmp_path: Path) -> None:
         torch.equal(a, b)
         for a, b in zip(copied.state_dict().values(), baseline.state_dict().values(), strict=True)
     )
+
+
+def test_feature_kd_from_a_teacher_of_other_blocks_stops_the_campaign_before_its_first_trial(
+    tmp_path: Path,
+) -> None:
+    """The tiny campaign (2 blocks) with a 3-block teacher and feature KD on: every trial
+    would fail on its first batch, so the campaign stops with one line, before its baseline
+    is trained."""
+    kwargs = {**TINY["model"]["kwargs"], "depth": 3}
+    config = ModelConfig(name="vit_tiny_patch16_224", kwargs=kwargs)
+    teacher = TaskBase().build_model(config, 10, 16)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    campaign = write_campaign(
+        tmp_path,
+        **{
+            "teacher": {
+                "name": "vit_tiny_patch16_224",
+                "kwargs": kwargs,
+                "checkpoint": str(tmp_path / "teacher.pt"),
+            },
+            "search.space": {**TINY["search"]["space"], "distill.features": {"fixed": True}},
+            "execution.workers": 0,
+        },
+    )
+    result = vitopt("run", str(campaign), env=dict(os.environ), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: technique 'kd' (built-in "), lines[0]
+    assert "refuses this campaign: distill.features: feature distillation matched 4 " in lines[0]
+    assert "with 6 of the teacher's" in lines[0]
+    storage = f"sqlite:///{tmp_path}/runs/tiny/study.db"
+    assert optuna.load_study(study_name="tiny", storage=storage).trials == []
+    assert not list((tmp_path / "runs" / "tiny").glob("baseline/*.pt"))

@@ -203,3 +203,50 @@ def test_feature_loss_refuses_blocks_that_do_not_pair() -> None:
         feature_loss([torch.zeros(2, 3)], [])
     with pytest.raises(ValueError, match=r"outputs \(2, 3\), its teacher's \(2, 4\)"):
         feature_loss([torch.zeros(2, 3)], [torch.zeros(2, 4)])
+
+
+FEATURE_KD = {
+    "distill.enabled": (False, True),
+    "distill.features": (True,),
+    "train.epochs": (1, 4),
+}
+
+
+@pytest.mark.parametrize(
+    "teacher, fragment",
+    [
+        (lambda: _vit(depth=2), "matched 2 student block outputs with 4 of the teacher's"),
+        (
+            lambda: timm.create_model(
+                "vit_tiny_patch16_224",
+                img_size=16,
+                patch_size=4,
+                depth=1,
+                embed_dim=48,
+                num_heads=2,
+                num_classes=10,
+            ),
+            r"a student block outputs \(1, 17, 32\), its teacher's \(1, 17, 48\)",
+        ),
+    ],
+)
+def test_feature_kd_from_a_teacher_whose_blocks_do_not_pair_is_refused_before_the_search(
+    tmp_path: Path, teacher, fragment: str
+) -> None:
+    ctx = _context(tmp_path, teacher(), [])
+    ctx.model_family = plugin_registry().model_family("vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match=f"distill.features: feature distillation.*{fragment}"):
+        KnowledgeDistillation().preflight(_vit(), FEATURE_KD, ctx)
+    # Campaigns whose trials never run feature KD are not refused, whatever the teacher.
+    for never in ({"distill.features": (False,)}, {"distill.enabled": (False,)}):
+        KnowledgeDistillation().preflight(_vit(), {**FEATURE_KD, **never}, ctx)
+    KnowledgeDistillation().preflight(_vit(), {**FEATURE_KD, "train.epochs": (0, 0)}, ctx)
+
+
+def test_feature_kd_from_the_baseline_passes_the_preflight(tmp_path: Path) -> None:
+    student = _vit()
+    ctx = _context(tmp_path, copy.deepcopy(student), [])
+    ctx.model_family = plugin_registry().model_family("vit_tiny_patch16_224")
+    student.train()
+    KnowledgeDistillation().preflight(student, FEATURE_KD, ctx)
+    assert student.training  # its mode is left as it was

@@ -133,6 +133,32 @@ def test_overrides_narrow_and_fix_but_baseline_stays_do_nothing() -> None:
     }
 
 
+def test_possible_values_cover_what_the_trials_run() -> None:
+    declared = [
+        *DECLARED,
+        ParamSpec("distill.enabled", "bool", False),
+        ParamSpec("distill.features", "bool", False, when={"distill.enabled": [True]}),
+    ]
+    overrides = {
+        "prune.method": ParamOverride(choices=["heads", "mlp"]),
+        "train.epochs": ParamOverride(low=1, high=2),
+        "quantize.precision": ParamOverride(fixed="int8"),
+    }
+    space = build_search_space(declared, overrides)
+    assert space.possible("prune.method") == ("heads", "mlp")
+    assert space.possible("prune.ratio") == (0.1, 0.7)
+    assert space.possible("train.epochs") == (1, 2)
+    assert space.possible("quantize.precision") == ("int8",)
+    assert space.possible("distill.features") == (False, True)
+    for params in _sample_many(space):
+        for name, value in params.items():
+            values = space.possible(name)
+            if isinstance(value, (bool, str)):
+                assert value in values, name
+            else:
+                assert values[0] <= value <= values[1], name
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [

@@ -64,8 +64,8 @@ from optimizer.plugin_api.task import scores_outputs
 from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import convergence_path, prepare_baseline
 from optimizer.trial.outcome import UNUSED_PARAMS_ATTR, TrialOutcome, TrialRequest
-from optimizer.trial.pipeline import check_defaults, load_splits
-from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed
+from optimizer.trial.pipeline import check_defaults, check_preflight, load_splits
+from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed, TechniqueRefuses
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -246,6 +246,11 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     place, note = evaluation_place(campaign, info, registry.task(campaign.task.name))
     if note is not None:
         console.print(f"[yellow]evaluation:[/] {note}")
+    with tempfile.TemporaryDirectory(prefix="vitopt-preflight-") as work:
+        try:
+            check_preflight(campaign, registry, info, space.possible, Path(work))
+        except (TechniqueFailed, TechniqueRefuses) as exc:
+            raise CampaignFailed(str(exc)) from exc
     splits = load_splits(campaign)
     with baseline_training_bar(console, campaign.model.train.epochs) as on_epoch:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)

@@ -33,6 +33,17 @@ class SearchSpace:
             values[spec.name] = _suggest(trial, spec) if active else spec.default
         return values
 
+    def possible(self, name: str) -> tuple[Any, ...]:
+        """The values a trial can give parameter ``name``: the fixed one, a number's range
+        ``(low, high)`` or a bool's or a categorical's choices (a conditional parameter's
+        default, which an inactive trial runs, lies among them)."""
+        if name in self.fixed:
+            return (self.fixed[name],)
+        spec = next(spec for spec in self.params if spec.name == name)
+        if spec.kind in ("float", "int"):
+            return (spec.low, spec.high)
+        return (False, True) if spec.kind == "bool" else tuple(spec.choices or ())
+
 
 def _suggest(trial: optuna.trial.BaseTrial, spec: ParamSpec) -> Any:
     if spec.kind == "float":

@@ -251,6 +251,14 @@ class Technique(Protocol):
     the target agent's ``GET /v1/info``: the choices of this technique's categorical parameters
     that the device offers (the built-in quantizer: the precisions it runs, the int8 recipes
     its runtime accelerates). The search space keeps only those.
+    ``preflight(model, values, ctx)``, called once in the driver before the baseline is
+    trained, on the campaign's model (untrained: check its architecture, not its weights),
+    with ``values`` ``{parameter: possible values}`` for this technique's parameters in this
+    campaign (a fixed value alone; a number's ``(low, high)``; a bool's or a categorical's
+    choices) and ``ctx`` as a trial gets it (``ctx.teacher``: the teacher the campaign names,
+    else this model). Raise ``ValueError`` to refuse a campaign all of whose trials would
+    fail: the campaign stops before any trial with one line naming the technique and the
+    message (the built-in ``kd``: feature KD from a teacher whose blocks do not pair).
     ``needs_model_family = True``: the technique works by the rules of the model's
     :class:`~optimizer.plugin_api.ModelFamily` (the built-in pruner), so a campaign whose
     ``model.name`` no family covers is refused before any trial.

@@ -8,6 +8,8 @@ the study: the driver is its only writer.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -35,7 +37,7 @@ from optimizer.plugin_api.model_stats import (
 from optimizer.plugin_api.task import SCORE
 from optimizer.plugin_api.technique import OnnxArtifact, StageContext, TrialPruned
 from optimizer.plugin_host.registry import Registry, plugin_registry
-from optimizer.trial.baseline import load_model, load_teacher
+from optimizer.trial.baseline import baseline_path, build_model, load_model, load_teacher
 from optimizer.trial.evaluation import device_outputs, scores, test_inputs
 from optimizer.trial.export import export_onnx
 from optimizer.trial.log import LOG_NAME, LOG_TAIL_ATTR, TrialLog
@@ -52,6 +54,7 @@ from optimizer.trial.stages import (
     apply_technique,
     check_leaves_unchanged,
     fingerprint,
+    preflight_techniques,
 )
 
 
@@ -139,6 +142,38 @@ def check_defaults(
         campaign, splits, registry, device_info, work, number=0, checkpoint=checkpoint, log=log
     )
     check_leaves_unchanged(registry.techniques, model, defaults, ctx, work)
+
+
+def check_preflight(
+    campaign: Campaign,
+    registry: Registry,
+    device_info: dict[str, Any],
+    possible: Callable[[str], tuple[Any, ...]],
+    work: Path,
+) -> None:
+    """Each technique's optional ``preflight`` with the values its parameters can take in this
+    campaign (``possible(name)``: :func:`~optimizer.trial.stages.preflight_techniques`), on
+    the campaign's model *before* its baseline is trained: what a preflight checks (feature KD
+    pairing the student's blocks with the teacher's) is the architecture, and a campaign every
+    trial of which would fail should not first spend the baseline's training. The teacher is
+    the one the campaign names, or else this same untrained model."""
+    splits = load_splits(campaign)
+    torch.manual_seed(campaign.search.seed)
+    model = build_model(campaign, campaign.model, splits.num_classes).eval()
+    log = logging.getLogger("vitopt.preflight")
+    ctx = trial_context(
+        campaign,
+        splits,
+        registry,
+        device_info,
+        work,
+        number=0,
+        checkpoint=baseline_path(campaign),
+        log=log,
+    )
+    if campaign.teacher.name is None:  # the baseline, whose architecture this is
+        ctx = dataclasses.replace(ctx, load_teacher=lambda: copy.deepcopy(model))
+    preflight_techniques(registry.techniques, model, possible, ctx)
 
 
 class _Measurer:

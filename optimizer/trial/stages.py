@@ -1,12 +1,13 @@
 """Running a technique on a candidate, checked: the right type back, failures named after the
 technique and its plugin, and the default rule (at its declared defaults a technique leaves the
 model as it is), which the campaign checks on its baseline before the first trial and
-:mod:`optimizer.plugin_testing` checks on a plugin's own tests."""
+:mod:`optimizer.plugin_testing` checks on a plugin's own tests; and each technique's optional
+``preflight``, where it refuses a campaign its trials would all fail on."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,36 @@ def fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+class TechniqueRefuses(Exception):
+    """A technique's ``preflight`` refused the campaign before its first trial: a setting its
+    trials would all fail on (the message names the technique and the reason)."""
+
+
+def preflight_techniques(
+    entries: Iterable[RegisteredTechnique],
+    model: torch.nn.Module,
+    possible: Callable[[str], tuple[Any, ...]],
+    ctx: StageContext,
+) -> None:
+    """Each technique's optional ``preflight(model, values, ctx)`` on the campaign's baseline,
+    with ``values``: its parameters' possible values in this campaign (``possible(name)``).
+    A ``ValueError`` is the technique refusing the campaign (:class:`TechniqueRefuses`); any
+    other exception is a bug in it (:class:`TechniqueFailed`)."""
+    for entry in entries:
+        check = getattr(entry.technique, "preflight", None)
+        if check is None:
+            continue
+        values = {spec.name: possible(spec.name) for spec in entry.technique.search_space()}
+        try:
+            check(model, values, ctx)
+        except ValueError as exc:
+            raise TechniqueRefuses(f"{describe(entry)} refuses this campaign: {exc}") from exc
+        except Exception as exc:
+            raise TechniqueFailed(
+                f"{describe(entry)} failed in preflight: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 class DefaultsChangeTheModel(Exception):

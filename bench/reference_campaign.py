@@ -19,7 +19,8 @@ summary gives the medians over seeds and the issue's targets: P1 (≥ 3.0× with
 and speedup ÷ MAC ≥ 0.9 for pruned fp32 candidates. P2 is given two ways: each sampler's trials
 to 95 % of its *own* final best (``p2_own_best``: rewards a sampler that finds less), and, per
 seed, both samplers' trials to one level, 95 % of TPE's final best (``p2_common_target``: a
-random run that never gets there counts its trials + 1, a lower bound). ``--no-run``
+random run that never gets there counts its trials + 1, a lower bound); and per sampler, the
+median running best after 10, 20, ... trials (``best_after_median``: equal cost). ``--no-run``
 summarises the studies as they stand (an interrupted benchmark, or runs stopped by
 ``search.timeout_s``). ``--remeasure ROUNDS`` re-times every timed candidate of each run, quiet,
 against the baseline's model (``quiet_remeasure``): each recorded speedup's error, Kendall's
@@ -266,6 +267,11 @@ def summarise(runs: list[dict[str, Any]], budget: int, max_drop: float) -> dict[
             "seeds": [r["seed"] for r in mine],
             "best_speedup_median": _median([(r["best"] or {}).get("speedup") for r in mine]),
             "trials_to_95_median": _median([r["trials_to_95"] for r in mine]),
+            # The running best after 10, 20, ... trials: sampler against sampler at equal cost.
+            "best_after_median": {
+                n: _median([r["curve"][n - 1] for r in mine if len(r["curve"]) >= n])
+                for n in range(10, budget + 1, 10)
+            },
             "study_span_s_median": _median([r["study_span_s"] for r in mine]),
         }
     bests = [r["best"] for r in runs if r["best"] and r["trials"] <= budget]

@@ -73,7 +73,7 @@ def preflight_techniques(
     possible: Callable[[str], tuple[Any, ...]],
     ctx: StageContext,
 ) -> None:
-    """Each technique's optional ``preflight(model, values, ctx)`` on the campaign's baseline,
+    """Each technique's optional ``preflight(model, values, ctx)`` on the campaign's model,
     with ``values``: its parameters' possible values in this campaign (``possible(name)``).
     A ``ValueError`` is the technique refusing the campaign (:class:`TechniqueRefuses`); any
     other exception is a bug in it (:class:`TechniqueFailed`)."""

@@ -57,14 +57,14 @@ def _context(tmp_path: Path, teacher: torch.nn.Module | None, reports: list) -> 
     )
 
 
-def _vit(depth: int = 1) -> torch.nn.Module:
+def _vit(depth: int = 1, embed_dim: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(
         "vit_tiny_patch16_224",
         img_size=16,
         patch_size=4,
         depth=depth,
-        embed_dim=32,
+        embed_dim=embed_dim,
         num_heads=2,
         num_classes=10,
     )
@@ -217,15 +217,7 @@ FEATURE_KD = {
     [
         (lambda: _vit(depth=2), "matched 2 student block outputs with 4 of the teacher's"),
         (
-            lambda: timm.create_model(
-                "vit_tiny_patch16_224",
-                img_size=16,
-                patch_size=4,
-                depth=1,
-                embed_dim=48,
-                num_heads=2,
-                num_classes=10,
-            ),
+            lambda: _vit(embed_dim=48),
             r"a student block outputs \(1, 17, 32\), its teacher's \(1, 17, 48\)",
         ),
     ],

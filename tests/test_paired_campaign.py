@@ -154,6 +154,9 @@ def test_a_candidate_is_cut_on_its_paired_probe_and_completes_without_a_cut(
     retimed = busy.attrs[CONTENDED_ATTR]["retimed_reference_ms"]
     assert len(retimed) == campaign.agents.measure.contention_retries
     assert len(busy.attrs["agent_jobs"]) == 1 + len(retimed)
+    # Each job timed again ran afresh: the agent's cache would give the same figures back
+    # (trial 3's model is trial 2's, so even its first job is trial 2's, from the cache).
+    assert len(set(retimed)) == len(retimed)
     assert busy.attrs["reference_jobs"][0]["latency_ms"] <= min(retimed)
     assert CONTENDED_ATTR not in calm.attrs and CONTENDED_ATTR not in kept.attrs
     assert kept.state == "COMPLETE", kept.attrs.get("fail_reason")

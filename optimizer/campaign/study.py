@@ -13,6 +13,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer.campaign.pruner import FeasibleFloorPruner
 from optimizer.campaign.storage import open_storage, sqlite_file
 from optimizer.config import Campaign
 from optimizer.plugin_api.task import DEFAULT_METRIC
@@ -70,7 +71,7 @@ def open_study(campaign: Campaign) -> optuna.Study:
     pruner = (
         optuna.pruners.NopPruner()
         if pareto
-        else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        else FeasibleFloorPruner(n_feasible=3, n_warmup_steps=1)
     )
     return optuna.create_study(
         storage=open_storage(campaign.storage_url, campaign.storage.retry_s),

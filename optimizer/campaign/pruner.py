@@ -11,7 +11,7 @@ candidate that ends within the accuracy budget, and the fastest cuts recover slo
 This rule is a guard for wide spaces, where hopeless candidates are many (an unnarrowed first
 search lost 6.7-66.9 points on every fine-tuned candidate). On the narrowed reference
 workload it is nearly inert: replayed on the 58 fine-tuned trials of its six benchmark runs,
-it stops 1 of the 27 infeasible ones and 1 of the 31 feasible ones (a 4.54x candidate, not
+it stops 1 of the 27 infeasible ones and 1 of the 31 feasible ones (a 4.82x candidate, not
 its run's best), and saves 5 epochs.
 """
 

@@ -45,6 +45,7 @@ from optimizer.campaign.study import (
     artifact_store,
     baseline_trial,
     best_feasible,
+    best_feasible_among,
     counted_trials,
     failure_reasons,
     open_study,
@@ -532,7 +533,8 @@ def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any)
     # 'vitopt export' rebuilds exactly this candidate.
     trial.set_user_attr(RESOLVED_PARAMS_ATTR, params)
     setup.registry.manager.hook.vitopt_trial_started(trial_number=trial.number, params=params)
-    best = best_feasible(study)
+    trials = study.get_trials(deepcopy=False)  # read once: the best so far and the quiet latency
+    best = best_feasible_among(trials)
     cut = None
     if (
         not is_baseline
@@ -553,7 +555,7 @@ def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any)
         **against_baseline(campaign, None if is_baseline else base),
         evaluate_on=setup.evaluate_on,
         cut_speedup=cut,
-        quiet_reference_ms=quiet_reference_ms(reference_jobs(study.get_trials(deepcopy=False))),
+        quiet_reference_ms=quiet_reference_ms(reference_jobs(trials)),
         quiet_lock=setup.quiet_lock,
     )
     return executor.submit(request, functools.partial(_report, trial))

@@ -255,10 +255,13 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     """The feasible trial with the highest paired speedup. Not the lowest ``latency_ms``: that
     is the reference's median *at record time* over the speedup, so it also moves with the
     device's drift between the two trials' records."""
+    return best_feasible_among(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def best_feasible_among(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """:func:`best_feasible` among ``trials`` (the study's, read once for several figures)."""
     feasible = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("feasible")
+        t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")
     ]
     return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
 

@@ -646,15 +646,25 @@ def run_campaign_once(args: argparse.Namespace, folder: Path) -> tuple[Path, flo
 class OrtTimer:
     """One model in onnxruntime in this process, one thread, timed run by run: the
     re-measurement shares no code with the agent's timing. ``disabled_optimizers``: graph
-    optimizations (by name) the session skips."""
+    optimizations (by name) the session skips; ``profile_prefix``: onnxruntime's profiler on,
+    writing there (``session.end_profiling()`` names the file)."""
 
-    def __init__(self, path: Path, block_ms: float, disabled_optimizers: Sequence[str] = ()):
+    def __init__(
+        self,
+        path: Path,
+        block_ms: float,
+        disabled_optimizers: Sequence[str] = (),
+        profile_prefix: str | None = None,
+    ):
         import numpy as np
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(
             str(path),
             options,
@@ -676,6 +686,16 @@ class OrtTimer:
             self.session.run(None, self.feeds)
             samples.append((time.perf_counter() - start) * 1000.0)
         return samples
+
+
+def host_measuring() -> Callable[[], AbstractContextManager[Any]]:
+    """This host's measurement lock, the one campaigns' trials pause for, as ``remeasure``'s
+    ``hold``; nothing to hold where no campaign has made the lock's folder."""
+    from jetson_agent.quiet import DeviceLock
+    from optimizer.device.colocation import host_lock_folder
+
+    folder = host_lock_folder()
+    return DeviceLock(str(folder)).measuring if folder.is_dir() else nullcontext
 
 
 def remeasure(

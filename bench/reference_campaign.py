@@ -31,7 +31,6 @@ search's contention (two trials on 2 cores) left out of the recorded figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -47,7 +46,6 @@ from rich.console import Console
 from optimizer.campaign.driver import run_campaign
 from optimizer.campaign.study import baseline_trial, counted_trials, reference_summary
 from optimizer.config import Campaign, load_campaign
-from optimizer.device.colocation import host_lock_folder
 from optimizer.trial.baseline import convergence_path, prepare_baseline
 from optimizer.trial.pipeline import load_splits
 
@@ -147,9 +145,7 @@ def quiet_remeasure(
     campaign's trial computes meanwhile. Per trial the recorded and the quiet speedup and the
     recorded one's error; the run's median and largest error and Kendall's tau between the
     two."""
-    from fidelity import kendall_tau, remeasure
-
-    from jetson_agent.quiet import DeviceLock
+    from fidelity import host_measuring, kendall_tau, remeasure
 
     def model(trial: optuna.trial.FrozenTrial) -> Path:
         return campaign.run_dir / "trials" / f"{trial.number:05d}" / "model.onnx"
@@ -159,15 +155,13 @@ def quiet_remeasure(
         for t in trials
         if t.number != base.number and t.user_attrs.get("speedup") and model(t).exists()
     ]
-    folder = host_lock_folder()
-    lock = DeviceLock(str(folder)) if folder.is_dir() else None
     again = remeasure(
         model(base),
         {t.number: model(t) for t in timed},
         rounds,
         50.0,
         campaign.search.seed,
-        hold=lock.measuring if lock is not None else contextlib.nullcontext,
+        hold=host_measuring(),
     )
     rows = {}
     for trial in timed:

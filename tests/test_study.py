@@ -218,3 +218,24 @@ def test_a_resumed_campaign_keeps_its_device_type(tmp_path: Path) -> None:
     check_device_type(study, "nano-maxn")
     with pytest.raises(CampaignFailed, match=r"baseline was measured on 'nano-maxn'.*'orin'"):
         check_device_type(study, "orin")
+
+
+@pytest.mark.parametrize("curve", [[0.1, 0.2, 0.3], [0.97, 0.98, 0.99]])
+def test_the_study_never_stops_fine_tuning(tmp_path: Path, curve: list[float]) -> None:
+    """Neither a candidate far behind the feasible ones (the fastest cuts recover slowest, and
+    only cuts faster than the best feasible one are fine-tuned) nor one ahead of them (what
+    Optuna's MedianPruner stopped in a latency study) is stopped; the values are recorded."""
+    campaign = _campaign(tmp_path)
+    study, store = open_study(campaign), artifact_store(campaign)
+    for number, start in enumerate([0.50, 0.83, 0.55, 0.60, 0.70, 0.65]):
+        trial = study.ask()
+        for step in range(3):
+            trial.report(start + 0.1 * step, step)
+        record(study, trial, _complete(number, 2.0 - number / 10, 0.9, 0.0), campaign, store)
+    trial = study.ask()
+    stops = []
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+        stops.append(trial.should_prune())
+    assert stops == [False, False, False]
+    assert study._storage.get_trial(trial._trial_id).intermediate_values == dict(enumerate(curve))

@@ -13,7 +13,6 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer.campaign.pruner import FeasibleFloorPruner
 from optimizer.campaign.storage import open_storage, sqlite_file
 from optimizer.config import Campaign
 from optimizer.plugin_api.task import DEFAULT_METRIC
@@ -68,16 +67,14 @@ def _sampler(campaign: Campaign) -> optuna.samplers.BaseSampler:
 
 def open_study(campaign: Campaign) -> optuna.Study:
     pareto = campaign.objective.mode == "pareto"
-    pruner = (
-        optuna.pruners.NopPruner()
-        if pareto
-        else FeasibleFloorPruner(n_feasible=3, n_warmup_steps=1)
-    )
+    # No early stop of fine-tuning: every rule measured stopped the candidates the search needs
+    # (docs/architecture.md, "Fine-tuning is never stopped early"). The per-epoch values are
+    # still recorded, for the dashboard's learning curves.
     return optuna.create_study(
         storage=open_storage(campaign.storage_url, campaign.storage.retry_s),
         study_name=campaign.name,
         sampler=_sampler(campaign),
-        pruner=pruner,
+        pruner=optuna.pruners.NopPruner(),
         directions=["minimize", "maximize"] if pareto else ["minimize"],
         load_if_exists=True,
     )

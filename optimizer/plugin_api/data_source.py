@@ -2,7 +2,7 @@
 
 A data source turns the campaign's ``data`` section (``path``, ``image_size``, ``seed``,
 ``val_fraction``, ``test_fraction``, …) into :class:`Splits`: the training split (baseline and
-fine-tuning), the validation split (their feedback and Optuna's pruner) and the held-out test
+fine-tuning), the validation split (their feedback and learning curves) and the held-out test
 split (the accuracy of the deployable ONNX file, never seen in training). The campaign's
 ``data.source`` picks one. The built-ins are ``digits`` and ``imagefolder`` (classification),
 ``uav_synthetic`` and ``uav_folder`` (segmentation).

@@ -69,7 +69,7 @@ class Task(Protocol):
         self, model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> float:
         """The metric of a torch model on ``loader`` (the validation split): the baseline's and
-        fine-tuning's feedback, and what Optuna's pruner sees."""
+        fine-tuning's feedback, and the learning curve the study records."""
         ...
 
     def evaluate_onnx(self, path: Path, dataset: Any, threads: int = 1) -> float:

@@ -188,9 +188,10 @@ class StageContext:
         The trial's seed (campaign seed + trial number); seed any randomness with it so that
         ``vitopt export`` rebuilds the same candidate.
     ``report``
-        ``report(step, value)`` gives Optuna's pruner an intermediate validation accuracy
-        (``step`` = epoch). It raises :class:`TrialPruned` when the search stops the trial:
-        let that propagate.
+        ``report(step, value)`` records an intermediate validation accuracy with the study
+        (``step`` = epoch; the dashboard's learning curve). It raises :class:`TrialPruned`
+        when the study's pruner stops the trial (the campaign's study has none; the contract
+        stands for one): let that propagate.
     ``log``
         A logger for progress lines (``ctx.log.info(...)``).
     ``calibration_size``

@@ -252,9 +252,7 @@ def run_trial(request: TrialRequest, should_prune: ShouldPrune | None = None) ->
             _run(request, outcome, should_prune, measure, log.logger)
         except TrialPruned:
             outcome.state = "PRUNED"
-            outcome.attrs.setdefault(
-                "pruned_reason", "validation accuracy below every feasible trial's by that epoch"
-            )
+            outcome.attrs.setdefault("pruned_reason", "a technique stopped it (TrialPruned)")
         except MeasurementFailed as exc:
             outcome.state = "FAIL"
             outcome.attrs["fail_reason"] = f"agent: {exc}"

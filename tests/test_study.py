@@ -221,11 +221,11 @@ def test_a_resumed_campaign_keeps_its_device_type(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("curve", [[0.1, 0.2, 0.3], [0.97, 0.98, 0.99]])
-def test_the_study_never_stops_fine_tuning(tmp_path: Path, curve: list[float]) -> None:
+def test_the_study_never_stops_fine_tuning(in_tmp: Path, curve: list[float]) -> None:
     """Neither a candidate far behind the feasible ones (the fastest cuts recover slowest, and
     only cuts faster than the best feasible one are fine-tuned) nor one ahead of them (what
     Optuna's MedianPruner stopped in a latency study) is stopped; the values are recorded."""
-    campaign = _campaign(tmp_path)
+    campaign = _campaign(in_tmp)
     study, store = open_study(campaign), artifact_store(campaign)
     for number, start in enumerate([0.50, 0.83, 0.55, 0.60, 0.70, 0.65]):
         trial = study.ask()

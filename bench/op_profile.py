@@ -4,21 +4,23 @@
 
 ``RUN_DIR`` is a campaign's ``runs/NAME/`` (its ``study.db`` and ``trials/NNNNN/model.onnx``).
 Each listed trial's model and the baseline trial's run in onnxruntime in this process, one
-thread, with onnxruntime's profiler on, in interleaved blocks (``bench/fidelity.py``'s timer:
-``rounds`` rounds of ``block_ms`` each, order alternating), so both profiles see the same
-machine. Per model and operator type: the kernel time per inference. Per candidate:
+thread, in interleaved blocks (``bench/fidelity.py``'s timer: ``rounds`` rounds, in each a
+``block_ms`` block of every model twice, once plain and once with onnxruntime's profiler on,
+the order reversed every other round), holding this host's measurement lock. The profiler
+costs a roughly fixed time per node (here about 2-3 ms of a 5-10 ms run), which dilutes
+ratios: read the profiled figures per operator type, and the speedup from the plain timer.
+Per model and operator type: the profiled kernel time per inference. Per candidate:
 
-- ``speedup``: the baseline's mean ``model_run`` time over the candidate's (the profiler adds a
-  little per node to both, so this is close to, not equal to, the unprofiled paired speedup);
-- ``mac_reduction``: the baseline's MACs over the candidate's (the study's record);
-- ``macs_op_speedup``: the MAC-carrying kernels' time (MatMul, Gemm, Conv and their fused or
-  integer forms), baseline over candidate: how well the narrower matrix products turn fewer
-  MACs into less time;
-- ``other_ms``: the other kernels' time per inference (normalisation, softmax, activations,
-  reshapes, residual adds) and ``run_overhead_ms``: ``model_run`` minus all kernels, both for
-  the baseline and the candidate: work that pruning MLP width or heads does not shrink;
-- ``amdahl_speedup``: what the candidate would run at if only its MAC-carrying time scaled with
-  its MACs and the rest stayed the baseline's: the ceiling that the fixed cost leaves.
+- ``speedup``: the plain paired speedup (median of the rounds' ratios of block medians);
+- ``mac_reduction``: the baseline's MACs over the candidate's (the study's record), and
+  ``speedup_per_mac``;
+- ``macs_op_speedup``: the MAC-carrying kernels' profiled time (MatMul, Gemm, Conv and their
+  fused or integer forms), baseline over candidate, and ``macs_op_per_mac``: how well the
+  narrower matrix products turn fewer MACs into less time (big kernels: the profiler's cost
+  is small beside them);
+- ``unshrunk_ms``: per operator type outside those, the candidate's time minus the
+  baseline's, beside the baseline's (normalisation, softmax, activations, reshapes, residual
+  adds): the work the cut did not remove.
 
 Prints one JSON object on stdout; progress on stderr.
 """
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 from collections import defaultdict
@@ -93,26 +96,30 @@ def per_inference(profile: Path) -> dict[str, Any]:
     }
 
 
-def profile_models(models: dict[str, Path], rounds: int, block_ms: float) -> dict[str, Any]:
-    """Every model's profile from one interleaved run: each round a block of every model, the
-    order reversed every other round, holding this host's measurement lock (campaigns' trials
-    pause meanwhile)."""
+def profile_models(
+    models: dict[str, Path], rounds: int, block_ms: float
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Every model's profile and its plain block medians per round, from one interleaved run."""
     with tempfile.TemporaryDirectory(prefix="vitopt-opprof-") as folder:
-        timers = {
+        plain = {name: OrtTimer(path, block_ms) for name, path in models.items()}
+        profiled = {
             name: OrtTimer(path, block_ms, profile_prefix=str(Path(folder) / name))
             for name, path in models.items()
         }
-        order, hold = list(timers), host_measuring()
+        medians: dict[str, list[float]] = {name: [] for name in models}
+        order, hold = list(models), host_measuring()
         for round_number in range(rounds):
             with hold():
                 for name in order if round_number % 2 == 0 else reversed(order):
-                    timers[name].block()
+                    medians[name].append(statistics.median(plain[name].block()))
+                    profiled[name].block()
             if round_number % 5 == 4:
                 log(f"  profiled {round_number + 1}/{rounds} rounds")
-        return {
+        profiles = {
             name: per_inference(Path(timer.session.end_profiling()))
-            for name, timer in timers.items()
+            for name, timer in profiled.items()
         }
+    return profiles, medians
 
 
 def _round(value: Any) -> Any:
@@ -123,15 +130,33 @@ def _round(value: Any) -> Any:
     return value
 
 
-def compare(base: dict[str, Any], cand: dict[str, Any], mac_reduction: float) -> dict[str, Any]:
-    fixed_ms = base["run_ms"] - base["mac_ops_ms"]
+def compare(
+    base: dict[str, Any],
+    cand: dict[str, Any],
+    ratios: list[float],
+    mac_reduction: float,
+) -> dict[str, Any]:
+    from jetson_agent.stats import median_interval
+
+    speedup = statistics.median(ratios)
+    low, high, _ = median_interval(ratios)
+    macs_op = base["mac_ops_ms"] / cand["mac_ops_ms"]
+    ops = set(base["by_op_ms"]) | set(cand["by_op_ms"])
+    unshrunk = {
+        op: {
+            "baseline_ms": base["by_op_ms"].get(op, 0.0),
+            "delta_ms": cand["by_op_ms"].get(op, 0.0) - base["by_op_ms"].get(op, 0.0),
+        }
+        for op in sorted(ops - MAC_OPS, key=lambda op: -base["by_op_ms"].get(op, 0.0))
+    }
     return {
-        "speedup": base["run_ms"] / cand["run_ms"],
+        "speedup": speedup,
+        "speedup_ci": [low, high],
         "mac_reduction": mac_reduction,
-        "speedup_per_mac": base["run_ms"] / cand["run_ms"] / mac_reduction,
-        "macs_op_speedup": base["mac_ops_ms"] / cand["mac_ops_ms"],
-        "amdahl_speedup": base["run_ms"] / (base["mac_ops_ms"] / mac_reduction + fixed_ms),
-        "fixed_share_of_baseline": fixed_ms / base["run_ms"],
+        "speedup_per_mac": speedup / mac_reduction,
+        "macs_op_speedup": macs_op,
+        "macs_op_per_mac": macs_op / mac_reduction,
+        "unshrunk_ms": unshrunk,
     }
 
 
@@ -160,7 +185,7 @@ def main() -> None:
     models = {"baseline": model(base.number)}
     models.update({str(n): model(n) for n in args.trials})
     log(f"profiling {len(models)} models, {args.rounds} rounds of {args.block_ms:.0f} ms each")
-    profiles = profile_models(models, args.rounds, args.block_ms)
+    profiles, medians = profile_models(models, args.rounds, args.block_ms)
     trials = {t.number: t for t in study.trials}
     candidates = {}
     for number in args.trials:
@@ -169,7 +194,10 @@ def main() -> None:
             "params": trials[number].params,
             "recorded_speedup": attrs.get("speedup"),
             **compare(
-                profiles["baseline"], profiles[str(number)], base.user_attrs["macs"] / attrs["macs"]
+                profiles["baseline"],
+                profiles[str(number)],
+                [b / c for b, c in zip(medians["baseline"], medians[str(number)], strict=True)],
+                base.user_attrs["macs"] / attrs["macs"],
             ),
             "profile": profiles[str(number)],
         }

@@ -303,11 +303,13 @@ def check_device_type(study: optuna.Study, device_type: str) -> None:
         )
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a driver that died: fail them with the reason, run them again."""
+def recover_interrupted(
+    study: optuna.Study, why: str = "interrupted: the driver stopped before this trial finished"
+) -> int:
+    """Trials left RUNNING by a driver that stopped: fail them with ``why``, run them again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        _requeue(study, trial, "interrupted: the driver stopped before this trial finished")
+        _requeue(study, trial, why)
     return len(stale)
 
 
@@ -475,8 +477,9 @@ def drive(
                     show(len(counted_trials(study)), status_line(study))
         except KeyboardInterrupt:
             executor.cancel(list(running))
-            for trial in running.values():
-                _requeue(study, trial, "interrupted by the user")
+            # Every RUNNING trial, not only those submitted: a Ctrl-C inside study.ask()
+            # lands after the storage made the trial and before the driver knows of it.
+            recover_interrupted(study, "interrupted by the user")
             raise CampaignInterrupted(
                 "stopped; finished trials are kept and interrupted ones will re-run. "
                 "Run the same command again to resume."

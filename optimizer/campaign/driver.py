@@ -477,8 +477,8 @@ def drive(
                     show(len(counted_trials(study)), status_line(study))
         except KeyboardInterrupt:
             executor.cancel(list(running))
-            # Every RUNNING trial, not only those submitted: a Ctrl-C inside study.ask()
-            # lands after the storage made the trial and before the driver knows of it.
+            # Every RUNNING trial, not only those in ``running``: a Ctrl-C inside study.ask()
+            # or inside an in-process submit lands before the trial is in ``running``.
             recover_interrupted(study, "interrupted by the user")
             raise CampaignInterrupted(
                 "stopped; finished trials are kept and interrupted ones will re-run. "
@@ -515,12 +515,8 @@ def _submit_more(study, setup: Setup, executor, pool, running, target, deadline)
         base = baseline_trial(study)
         if base is None and running:
             return  # the baseline runs alone: every later trial is measured against it
-        trial = study.ask()
-        try:  # the trial is in the study from here on: a Ctrl-C must leave it queued again
-            running[_submit(study, setup, executor, pool, trial, base)] = trial
-        except KeyboardInterrupt:  # in-process trials run inside submit
-            _requeue(study, trial, "interrupted by the user")
-            raise
+        trial = study.ask()  # a Ctrl-C from here on leaves it RUNNING: drive() requeues it
+        running[_submit(study, setup, executor, pool, trial, base)] = trial
 
 
 def _submit(study, setup: Setup, executor, pool, trial: optuna.Trial, base: Any) -> Any:

@@ -5,14 +5,16 @@ hidden width set to each of ``--widths`` (untrained: timing does not depend on t
 exported as the pipeline exports, and timed against the first width.
 
     .venv/bin/python bench/mlp_widths.py [--widths 768 384 320 312 304 296 288 256]
-        [--rounds 25] [--block-ms 250]
+        [--rounds 25] [--block-ms 100]
 
-Each model runs in onnxruntime in this process, one thread (``bench/fidelity.py``'s timer), in
-``rounds`` interleaved rounds of one ``block_ms`` block per model, the order reversed every other
-round, holding this host's measurement lock. Per width: the median block latency, the paired
-speedup over the first width (median of the rounds' ratios, with its 95 % interval), the MAC
-reduction (``count_macs``) and the speedup per MAC. A step in speedup per MAC at multiples of 16,
-32 or 64 would say that pruning should round widths; a smooth curve says it need not.
+Each width is timed against the first by ``bench/fidelity.py``'s ``remeasure``, the quiet
+re-measurement ``reference_campaign.py`` uses: onnxruntime in this process, one thread,
+``rounds`` rounds, in each a ``block_ms`` block of the first width and one of the other width,
+in alternating order, for every width in a shuffled order, holding this host's measurement lock.
+Per width: the paired speedup over the first (median of the rounds' ratios, with its 95 %
+interval), the MAC reduction (``count_macs``) and the speedup per MAC. A step in speedup per
+MAC at multiples of 16, 32 or 64 would say that pruning should round widths; a smooth curve
+says it need not.
 
 Prints one JSON object on stdout; progress on stderr.
 """
@@ -22,15 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from fidelity import OrtTimer, host_measuring, log
+from fidelity import host_measuring, log, remeasure
 
-from jetson_agent.stats import median_interval
 from optimizer.plugin_api.model_stats import count_macs
 from optimizer.trial.export import export_onnx
 
@@ -65,37 +65,31 @@ def main() -> None:
         "--widths", type=int, nargs="+", default=[768, 384, 320, 312, 304, 296, 288, 256]
     )
     parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--block-ms", type=float, default=250.0)
+    parser.add_argument("--block-ms", type=float, default=100.0)
     args = parser.parse_args()
     if len(args.widths) < 2 or min(args.widths) < 1:
         parser.error("--widths: two or more positive widths, the first the reference")
 
+    reference, *others = args.widths
     with tempfile.TemporaryDirectory(prefix="vitopt-mlpwidths-") as folder:
         built = {w: build(w, Path(folder)) for w in args.widths}
-        timers = {w: OrtTimer(path, args.block_ms) for w, (path, _) in built.items()}
-    log(f"timing {len(timers)} widths, {args.rounds} rounds of {args.block_ms:.0f} ms each")
-    medians: dict[int, list[float]] = {w: [] for w in args.widths}
-    hold = host_measuring()
-    for round_number in range(args.rounds):
-        with hold():
-            for w in args.widths if round_number % 2 == 0 else reversed(args.widths):
-                medians[w].append(statistics.median(timers[w].block()))
-        if round_number % 5 == 4:
-            log(f"  timed {round_number + 1}/{args.rounds} rounds")
-
-    reference = args.widths[0]
+        log(f"timing {len(others)} widths against {reference}, {args.rounds} rounds")
+        timed = remeasure(
+            built[reference][0],
+            {w: built[w][0] for w in others},
+            args.rounds,
+            args.block_ms,
+            seed=0,
+            hold=host_measuring(),
+        )
     widths: dict[str, Any] = {}
-    for w in args.widths:
-        ratios = [r / c for r, c in zip(medians[reference], medians[w], strict=True)]
-        speedup = statistics.median(ratios)
-        low, high, _ = median_interval(ratios)
+    for w, result in timed.items():
         mac_reduction = built[reference][1] / built[w][1]
         widths[str(w)] = {
-            "median_ms": round(statistics.median(medians[w]), 4),
-            "speedup": round(speedup, 4),
-            "speedup_ci": [round(low, 4), round(high, 4)],
+            "speedup": round(result["speedup"], 4),
+            "speedup_ci": [round(bound, 4) for bound in result["speedup_ci"]],
             "mac_reduction": round(mac_reduction, 4),
-            "speedup_per_mac": round(speedup / mac_reduction, 4),
+            "speedup_per_mac": round(result["speedup"] / mac_reduction, 4),
         }
     print(
         json.dumps(

@@ -15,8 +15,8 @@ Kept hidden widths are multiples of ``round_to`` (8 by default): GEMMs whose inn
 not a multiple of 8 miss the tensor-core paths of TensorRT/cuBLAS, so an unaligned width can be
 *slower* than the wider aligned one. Head pruning keeps each head's width and so is aligned by
 construction. On onnxruntime's CPU kernels a coarser ``round_to`` showed no gain:
-``bench/mlp_widths.py`` on the reference geometry times 320 (a multiple of 64) no faster per MAC
-than 312 or 304.
+on the reference geometry (``bench/cut_efficiency.py``) MLP widths 320 (a multiple of 64), 304
+and 256 all fall on the one speedup-for-MACs curve that every other cut follows.
 """
 
 from __future__ import annotations

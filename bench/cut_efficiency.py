@@ -21,10 +21,10 @@ reduction r (``count_macs``), the speedup per MAC, and the speedup Amdahl's law 
 ``1 / ((1 - F) / r + F)``, for F the fraction of the uncut model's time that shrinks with no cut,
 fitted to all cuts by least squares. The summary gives F and the deepest MAC reduction whose
 predicted speedup per MAC still reaches 0.9 (``(1 / 0.9 - 1 + F) / F``). Cuts that fit the law
-say the shortfall of deep cuts is that fixed time (the layer norms and residual adds on the
-192-wide stream, the activation side of each GEMM whose input width no cut narrows), not
-kernels that run slower at some widths; a width whose speedup per MAC stood above its
-neighbours' would say pruning should round to it.
+say the shortfall of deep cuts is that fixed time (per-node costs of a graph whose node count
+no cut changes, the layer norms and residual adds on the 192-wide stream: see
+``docs/families.md``), not kernels that run slower at some widths; a width whose speedup per
+MAC stood above its neighbours' would say pruning should round to it.
 
 Prints one JSON object on stdout; progress on stderr.
 """

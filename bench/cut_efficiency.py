@@ -10,7 +10,8 @@ reference workload's geometry (``search_spaces/reference_vit_tiny.yaml``: timm
 A cut is ``METHOD:RATIO``, the pruning plugin's own ``prune_model`` (``plugins/pruning.py``:
 its rules for heads and hidden widths, magnitude importance, widths rounded to 8), or
 ``width:W``, every MLP hidden width built as exactly W by timm (widths the pruner's rounding
-never makes, to see whether a width's alignment matters).
+never makes, to see whether a width's alignment matters), or ``depth:D``, the uncut widths in
+D blocks instead of 12 (what dropping whole blocks would buy: no pruning method does yet).
 
 Each cut is timed against the uncut geometry by ``bench/fidelity.py``'s ``remeasure``, the quiet
 re-measurement ``reference_campaign.py`` uses: onnxruntime in this process, one thread,
@@ -19,12 +20,14 @@ alternating order, for every cut in a shuffled order, holding this host's measur
 Per cut: the paired speedup (median of the rounds' ratios, with its 95 % interval), the MAC
 reduction r (``count_macs``), the speedup per MAC, and the speedup Amdahl's law predicts,
 ``1 / ((1 - F) / r + F)``, for F the fraction of the uncut model's time that shrinks with no cut,
-fitted to all cuts by least squares. The summary gives F and the deepest MAC reduction whose
-predicted speedup per MAC still reaches 0.9 (``(1 / 0.9 - 1 + F) / F``). Cuts that fit the law
-say the shortfall of deep cuts is that fixed time (per-node costs of a graph whose node count
-no cut changes, the layer norms and residual adds on the 192-wide stream: see
-``docs/families.md``), not kernels that run slower at some widths; a width whose speedup per
-MAC stood above its neighbours' would say pruning should round to it.
+fitted to all width cuts (every kind but ``depth``) by least squares. The summary gives F and
+the deepest MAC reduction whose predicted speedup per MAC still reaches 0.9
+(``(1 / 0.9 - 1 + F) / F``). Cuts that fit the law say the shortfall of deep cuts is that fixed
+time (per-node costs of a graph whose node count no cut changes, the layer norms and residual
+adds on the 192-wide stream: see ``docs/families.md``), not kernels that run slower at some
+widths; a width whose speedup per MAC stood above its neighbours' would say pruning should
+round to it. A depth cut removes its
+blocks' share of that fixed time too: one above the width cuts' law says so.
 
 Prints one JSON object on stdout; progress on stderr.
 """
@@ -46,18 +49,21 @@ from optimizer.plugin_api.model_stats import count_macs
 from optimizer.trial.export import export_onnx
 from plugins.pruning import METHODS
 
-WIDTH, MLP_WIDTH, IMAGE, PATCH = 192, 768, 32, 4
+WIDTH, MLP_WIDTH, DEPTH, IMAGE, PATCH = 192, 768, 12, 32, 4
 SHAPE = (1, 3, IMAGE, IMAGE)
 UNCUT = ("width", float(MLP_WIDTH))
+_SAME = {UNCUT, ("depth", float(DEPTH))}  # cuts that cut nothing
 CUTS = [
     *("heads:0.34", "heads:0.6", "mlp:0.3", "mlp:0.6", "heads+mlp:0.34", "heads+mlp:0.6"),
-    *("width:320", "width:304", "width:256"),
+    *("width:320", "width:304", "width:256", "depth:8", "depth:5"),
 ]
-_KINDS = ("width", *(method for method in METHODS if method != "none"))
+_WHOLE = {"width": MLP_WIDTH, "depth": DEPTH}  # kinds whose value is a count: their largest
+_KINDS = (*_WHOLE, *(method for method in METHODS if method != "none"))
 
 
 def parse_cut(text: str) -> tuple[str, float]:
-    """``METHOD:RATIO`` or ``width:W`` (argparse's ``type``: a bad one is a one-line error)."""
+    """``METHOD:RATIO``, ``width:W`` or ``depth:D`` (argparse's ``type``: a bad one is a
+    one-line error)."""
     kind, sep, value = text.partition(":")
     try:
         number = float(value)
@@ -65,16 +71,18 @@ def parse_cut(text: str) -> tuple[str, float]:
         number = -1.0
     if not sep or kind not in _KINDS:
         raise argparse.ArgumentTypeError(f"{text!r}: expected one of {'|'.join(_KINDS)}:VALUE")
-    if kind == "width" and not (number >= 1 and number.is_integer()):
-        raise argparse.ArgumentTypeError(f"{text!r}: a width is a positive whole number")
-    if kind != "width" and not 0.0 < number < 1.0:
+    if kind in _WHOLE and not (number >= 1 and number.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r}: a {kind} is a positive whole number")
+    if kind == "depth" and number > DEPTH:
+        raise argparse.ArgumentTypeError(f"{text!r}: the geometry has {DEPTH} blocks")
+    if kind not in _WHOLE and not 0.0 < number < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r}: a ratio is in (0, 1)")
     return kind, number
 
 
 def label(cut: tuple[str, float]) -> str:
     kind, value = cut
-    return f"{kind}:{int(value)}" if kind == "width" else f"{kind}:{value:g}"
+    return f"{kind}:{int(value)}" if kind in _WHOLE else f"{kind}:{value:g}"
 
 
 def build(cut: tuple[str, float], folder: Path) -> tuple[Path, int]:
@@ -94,12 +102,13 @@ def build(cut: tuple[str, float], folder: Path) -> tuple[Path, int]:
         patch_size=PATCH,
         num_classes=10,
         mlp_ratio=(value if kind == "width" else MLP_WIDTH) / WIDTH,
+        depth=int(value) if kind == "depth" else DEPTH,
     ).eval()
     if kind == "width":
         built = {block.mlp.fc1.out_features for block in model.blocks}
         if built != {int(value)}:
             raise SystemExit(f"--cuts {label(cut)}: timm built hidden widths {sorted(built)}")
-    else:
+    elif kind != "depth":
         prune_model(model, VIT, method=kind, ratio=value, example=torch.randn(*SHAPE))
     name = label(cut).replace(":", "_").replace("+", "_")
     path = export_onnx(model.eval(), torch.randn(*SHAPE), folder / f"{name}.onnx")
@@ -127,14 +136,15 @@ def main() -> None:
         nargs="+",
         default=[parse_cut(cut) for cut in CUTS],
         metavar="CUT",
-        help=f"METHOD:RATIO ({', '.join(_KINDS[1:])}) or width:W (default: {' '.join(CUTS)})",
+        help=f"METHOD:RATIO ({', '.join(_KINDS[2:])}), width:W or depth:D "
+        f"(default: {' '.join(CUTS)})",
     )
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--block-ms", type=float, default=100.0)
     args = parser.parse_args()
     if args.rounds < 2 or args.block_ms <= 0:
         parser.error("--rounds: 2 or more; --block-ms: positive")
-    cuts = list(dict.fromkeys(cut for cut in args.cuts if cut != UNCUT))
+    cuts = list(dict.fromkeys(cut for cut in args.cuts if cut not in _SAME))
     if not cuts:
         parser.error("--cuts: at least one cut besides the uncut geometry")
 
@@ -151,7 +161,8 @@ def main() -> None:
             hold=host_measuring(),
         )
     reductions = {label(cut): uncut_macs / macs for cut, (_, macs) in built.items()}
-    fixed = fixed_fraction([(reductions[name], timed[name]["speedup"]) for name in timed])
+    narrowed = [label(cut) for cut in cuts if cut[0] != "depth"]
+    fixed = fixed_fraction([(reductions[name], timed[name]["speedup"]) for name in narrowed])
     per_cut: dict[str, Any] = {}
     for name, result in timed.items():
         reduction = reductions[name]

@@ -26,8 +26,8 @@ the deepest MAC reduction whose predicted speedup per MAC still reaches 0.9
 time (per-node costs of a graph whose node count no cut changes, the layer norms and residual
 adds on the 192-wide stream: see ``docs/families.md``), not kernels that run slower at some
 widths; a width whose speedup per MAC stood above its neighbours' would say pruning should
-round to it. A depth cut removes its
-blocks' share of that fixed time too: one above the width cuts' law says so.
+round to it. A depth cut removes its blocks' share of that fixed time too: one above the width
+cuts' law says so.
 
 Prints one JSON object on stdout; progress on stderr.
 """
@@ -57,7 +57,7 @@ CUTS = [
     *("heads:0.34", "heads:0.6", "mlp:0.3", "mlp:0.6", "heads+mlp:0.34", "heads+mlp:0.6"),
     *("width:320", "width:304", "width:256", "depth:8", "depth:5"),
 ]
-_WHOLE = {"width": MLP_WIDTH, "depth": DEPTH}  # kinds whose value is a count: their largest
+_WHOLE = ("width", "depth")  # kinds whose value is a count
 _KINDS = (*_WHOLE, *(method for method in METHODS if method != "none"))
 
 

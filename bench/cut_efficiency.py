@@ -58,7 +58,8 @@ CUTS = [
     *("width:320", "width:304", "width:256", "depth:8", "depth:5"),
 ]
 _WHOLE = ("width", "depth")  # kinds whose value is a count
-_KINDS = (*_WHOLE, *(method for method in METHODS if method != "none"))
+_METHODS = tuple(method for method in METHODS if method != "none")  # kinds whose value is a ratio
+_KINDS = (*_WHOLE, *_METHODS)
 
 
 def parse_cut(text: str) -> tuple[str, float]:
@@ -136,7 +137,7 @@ def main() -> None:
         nargs="+",
         default=[parse_cut(cut) for cut in CUTS],
         metavar="CUT",
-        help=f"METHOD:RATIO ({', '.join(_KINDS[2:])}), width:W or depth:D "
+        help=f"METHOD:RATIO ({', '.join(_METHODS)}), width:W or depth:D "
         f"(default: {' '.join(CUTS)})",
     )
     parser.add_argument("--rounds", type=int, default=25)

@@ -2,10 +2,12 @@
 feature KD, at several lengths, on one fixed cut of the campaign's baseline; one JSON line.
 
     .venv/bin/python bench/fine_tuning.py [--campaign search_spaces/reference_vit_tiny.yaml]
-        [--method heads+mlp] [--ratios 0.5] [--epochs 2 4] [--variants ce kd kd+features]
+        [--method heads+mlp] [--ratios 0.5] [--depths 0.25] [--epochs 2 4]
+        [--variants ce kd kd+features]
 
 The baseline is the campaign's cached one (trained first if missing). Each variant starts from
-the same pruned copy (``--importance``, magnitude by default; seeded), is fine-tuned with the
+the same pruned copy (``--importance``, magnitude by default; ``--depths``: the share of blocks a
+method with ``depth`` drops; seeded), is fine-tuned with the
 campaign's loader and seed by the built-in ``kd`` technique, exported as a trial exports it and
 scored on the held-out test split by onnxruntime (fp32: the fine-tuning's effect alone, without
 int8's). ``drop`` is the baseline's test score minus the variant's, in points. Nothing is timed:
@@ -15,6 +17,7 @@ the figures do not depend on the machine's load, only the wall times do.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--campaign", default="search_spaces/reference_vit_tiny.yaml")
     parser.add_argument("--method", default="heads+mlp")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.25])
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -83,41 +87,44 @@ def main() -> None:
         baseline = load_model(campaign, splits.num_classes, checkpoint)
         base_score = score(baseline, "baseline")
         base_macs = count_macs(baseline, (1, *splits.input_shape))
-        for ratio in args.ratios:
-            for epochs in args.epochs:
-                for variant in args.variants:
-                    ctx = context()
-                    torch.manual_seed(ctx.seed)
-                    cut = {
-                        "prune.method": args.method,
-                        "prune.ratio": ratio,
-                        "prune.importance": args.importance,
-                    }
-                    pruned = TorchPruning().apply(baseline, cut, ctx)
-                    ctx.macs_kept = count_macs(pruned, ctx.input_shape) / base_macs
-                    params = {
-                        "train.epochs": epochs,
-                        "train.lr": args.lr,
-                        "distill.temperature": 4.0,
-                        "distill.alpha": 0.5,
-                        "distill.features": False,
-                        **VARIANTS[variant],
-                    }
-                    started = time.monotonic()
-                    tuned = KnowledgeDistillation().apply(pruned, params, ctx)
-                    value = score(tuned, f"{variant}-{ratio}-{epochs}")
-                    rows.append(
-                        {
-                            "ratio": ratio,
-                            "epochs": epochs,
-                            "variant": variant,
-                            "test_score": value,
-                            "drop_points": round(100 * (base_score - value), 2),
-                            "macs_kept": round(ctx.macs_kept, 3),
-                            "train_s": round(time.monotonic() - started, 1),
-                        }
-                    )
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        depths = args.depths if "depth" in args.method.split("+") else [None]
+        for ratio, depth, epochs, variant in itertools.product(
+            args.ratios, depths, args.epochs, args.variants
+        ):
+            ctx = context()
+            torch.manual_seed(ctx.seed)
+            cut = {
+                "prune.method": args.method,
+                "prune.ratio": ratio,
+                "prune.depth": depth or 0.0,
+                "prune.importance": args.importance,
+            }
+            pruned = TorchPruning().apply(baseline, cut, ctx)
+            ctx.macs_kept = count_macs(pruned, ctx.input_shape) / base_macs
+            params = {
+                "train.epochs": epochs,
+                "train.lr": args.lr,
+                "distill.temperature": 4.0,
+                "distill.alpha": 0.5,
+                "distill.features": False,
+                **VARIANTS[variant],
+            }
+            started = time.monotonic()
+            tuned = KnowledgeDistillation().apply(pruned, params, ctx)
+            value = score(tuned, f"{variant}-{ratio}-{depth}-{epochs}")
+            rows.append(
+                {
+                    "ratio": ratio,
+                    "depth": depth,
+                    "epochs": epochs,
+                    "variant": variant,
+                    "test_score": value,
+                    "drop_points": round(100 * (base_score - value), 2),
+                    "macs_kept": round(ctx.macs_kept, 3),
+                    "train_s": round(time.monotonic() - started, 1),
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(
         json.dumps(
             {

@@ -313,6 +313,8 @@ def check_family(
       count each, and together the whole width; every per-head tensor has a slot per head;
     - every channel group's root is a ``Linear`` or conv of the model; it finds something to
       prune (heads or widths), or says why there are no heads;
+    - every block stack is an ``nn.Sequential`` of the model whose blocks each output a
+      ``(batch, tokens, channels)`` sequence of their input's shape;
     - prepared by it, the model exports (opset 16) to what torch computes, with no op the
       Nano's TensorRT 8.2 lacks;
     - its decoder features, of the backbone built without a classifier, are at most
@@ -350,6 +352,7 @@ def check_family(
             f"{name}: a channel group's root is a {type(group.root).__name__}"
         )
     x = torch.randn(1, 3, image_size, image_size)
+    _check_block_stacks(name, model, found.blocks, layers, x)
     path = export_onnx(model, x, Path(work_dir) / f"{name}.onnx", family=family)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
@@ -367,6 +370,33 @@ def check_family(
             f"{name}: decoder feature {index} has shape {tuple(fmap.shape)}, not (1, C, H, W)"
         )
     return found
+
+
+def _check_block_stacks(name: str, model: Any, stacks: Any, layers: set[int], x: Any) -> None:
+    import torch
+
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def record(_block: Any, args: tuple, output: Any) -> None:
+        shapes.append((tuple(args[0].shape), tuple(getattr(output, "shape", ()))))
+
+    handles = []
+    for stack in stacks:
+        assert isinstance(stack, torch.nn.Sequential) and id(stack) in layers, (
+            f"{name}: a block stack is not an nn.Sequential of the model"
+        )
+        handles += [block.register_forward_hook(record) for block in stack]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(shapes) == len(handles), f"{name}: a stack's block never ran"
+    for given, made in shapes:
+        assert len(given) == 3 and given == made, (
+            f"{name}: a stack's block maps {given} to {made}, not a token sequence to its shape"
+        )
 
 
 def _check_heads(name: str, slices: Any, layers: set[int]) -> None:

@@ -53,12 +53,29 @@ def kd_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def matched_blocks(family: ModelFamily, model: nn.Module) -> list[nn.Module]:
+def feature_blocks(family: ModelFamily, model: nn.Module) -> list[nn.Module]:
     """The blocks whose outputs feature KD matches, in model order: every attention block and
-    every block owning a hidden width the family prunes. Pruning narrows what is inside them,
-    never what they output, so a pruned student's blocks pair one to one with its teacher's."""
+    every block owning a hidden width the family prunes."""
     found = family.prunable(model)
     return [*(heads.block for heads in found.heads), *(group.block for group in found.channels)]
+
+
+def matched_blocks(
+    family: ModelFamily, student: nn.Module, teacher: nn.Module
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """``student``'s :func:`feature_blocks` and the teacher's blocks of the same names. Pruning
+    narrows what is inside them, never what they output, and a depth cut drops a block without
+    renaming the others, so each pairs with the teacher's block of its name (a block the
+    student dropped has no partner to match)."""
+    mine = feature_blocks(family, student)
+    names = {module: name for name, module in student.named_modules()}
+    theirs = dict(teacher.named_modules())
+    missing = [names[block] for block in mine if names[block] not in theirs]
+    if missing:
+        raise ValueError(
+            f"feature distillation: the teacher has no block named {', '.join(missing[:3])}"
+        )
+    return mine, [theirs[names[block]] for block in mine]
 
 
 @contextlib.contextmanager
@@ -166,11 +183,11 @@ class KnowledgeDistillation:
         was_training = model.training
         model.eval()
         example = example_input(ctx.input_shape)
-        try:
+        try:  # the unpruned baseline: its blocks and the teacher's must pair one to one
             with (
                 torch.no_grad(),
-                block_outputs(matched_blocks(family, model)) as mine,
-                block_outputs(matched_blocks(family, teacher)) as theirs,
+                block_outputs(feature_blocks(family, model)) as mine,
+                block_outputs(feature_blocks(family, teacher)) as theirs,
             ):
                 model(example)
                 teacher(example)
@@ -225,11 +242,9 @@ class KnowledgeDistillation:
         temperature, alpha = float(params["distill.temperature"]), float(params["distill.alpha"])
         features = bool(params["distill.features"])
         if features:
-            family = _feature_family(ctx)
-            mine = stack.enter_context(
-                block_outputs(matched_blocks(family, model), training_only=True)
-            )
-            theirs = stack.enter_context(block_outputs(matched_blocks(family, teacher)))
+            students, teachers = matched_blocks(_feature_family(ctx), model, teacher)
+            mine = stack.enter_context(block_outputs(students, training_only=True))
+            theirs = stack.enter_context(block_outputs(teachers))
 
         def loss(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor):
             with torch.no_grad():

@@ -1,15 +1,24 @@
-"""Structural pruning of attention heads and hidden widths, by the rules of each model family.
+"""Structural pruning of whole blocks, attention heads and hidden widths, by the rules of each
+model family.
 
-Weights are really removed, not masked: whole attention heads (the rows of the fused ``qkv``
-projection a head owns, its columns of the output projection, its row or column of any bias
-table) and/or hidden channels of MLPs and conv blocks (an ``fc1``'s rows and everything
-torch-pruning's dependency graph couples to them: norms, a depthwise conv, the next layer's
-inputs). What to cut comes from the model's family (:mod:`optimizer.plugin_api.family`;
+Weights are really removed, not masked: whole residual blocks (``depth``: replaced by an
+identity), whole attention heads (the rows of the fused ``qkv`` projection a head owns, its
+columns of the output projection, its row or column of any bias table) and/or hidden channels
+of MLPs and conv blocks (an ``fc1``'s rows and everything torch-pruning's dependency graph
+couples to them: norms, a depthwise conv, the next layer's inputs). What to cut comes from the
+model's family (:mod:`optimizer.plugin_api.family`;
 ViT/DeiT, Swin, MobileViT, EfficientFormer and LeViT are in :mod:`plugins.families`). The widths
 *between* blocks (a ViT's embedding dimension, a hierarchical model's stage widths) never change:
 pruning them would couple every layer of the network into one group and costs far more accuracy
 per MAC saved. Masking would leave latency unchanged on the device, which is what this search
 measures.
+
+Blocks are dropped before any width is cut, the least influential first: a block's influence
+is ``1 - cos(input, output)`` per token, averaged over a few training batches (the "block
+influence" of Men et al., ShortGPT, 2024): a block that barely turns its input contributes
+least. A dropped block's share of the fixed per-node time goes with it, so depth cuts escape
+the per-MAC ceiling that caps deep width cuts on onnxruntime's CPU kernels
+(``docs/families.md``).
 
 Kept hidden widths are multiples of ``round_to`` (8 by default): GEMMs whose inner dimension is
 not a multiple of 8 miss the tensor-core paths of TensorRT/cuBLAS, so an unaligned width can be
@@ -36,19 +45,31 @@ from optimizer.plugin_api import ParamSpec, StageContext, hookimpl
 from optimizer.plugin_api.family import ChannelGroup, HeadSlices, ModelFamily, PruningUnsupported
 from optimizer.plugin_api.model_stats import count_params, example_input, iter_batches, model_device
 
-METHODS: tuple[str, ...] = ("none", "heads", "mlp", "heads+mlp")
+#: What a method removes: its name's ``+``-joined parts (``depth+heads+mlp`` all three).
+METHODS: tuple[str, ...] = (
+    "none",
+    "heads",
+    "mlp",
+    "heads+mlp",
+    "depth",
+    "depth+mlp",
+    "depth+heads+mlp",
+)
 IMPORTANCES: tuple[str, ...] = ("magnitude", "taylor")
 RATIO_RANGE: tuple[float, float] = (0.1, 0.7)
-_PRUNING_METHODS = ("heads", "mlp", "heads+mlp")
+DEPTH_RANGE: tuple[float, float] = (0.1, 0.5)
+_WIDTH_METHODS = tuple(m for m in METHODS if {"heads", "mlp"} & set(m.split("+")))
+_DEPTH_METHODS = tuple(m for m in METHODS if "depth" in m.split("+"))
 
 
-def heads_to_remove(num_heads: int, ratio: float) -> int:
-    """Heads removed from a block with ``num_heads`` heads at ``ratio``: the nearest whole
-    number, at least one (so that asking for head pruning always prunes, even on a 3-head
-    ViT-Tiny at ratio 0.1) and never all (a block keeps at least one head)."""
-    if num_heads <= 1:
+def units_to_remove(count: int, ratio: float) -> int:
+    """Heads removed from a block with ``count`` heads (or blocks from a stack of ``count``) at
+    ``ratio``: the nearest whole number, at least one (so that asking for head pruning always
+    prunes, even on a 3-head ViT-Tiny at ratio 0.1) and never all (a block keeps at least one
+    head, a stack one block)."""
+    if count <= 1:
         return 0
-    return min(max(math.floor(ratio * num_heads + 0.5), 1), num_heads - 1)
+    return min(max(math.floor(ratio * count + 0.5), 1), count - 1)
 
 
 def kept_mlp_width(hidden: int, ratio: float, round_to: int) -> int:
@@ -65,7 +86,8 @@ def prune_model(
     family: ModelFamily,
     *,
     method: str,
-    ratio: float,
+    ratio: float = 0.0,
+    depth: float = 0.0,
     example: torch.Tensor,
     importance: str = "magnitude",
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -75,11 +97,13 @@ def prune_model(
     """Prune ``model`` **in place** by the rules of its ``family`` and return it (``label``
     names the model in errors: its timm name; its class by default).
 
-    ``method`` is one of :data:`METHODS`; ``ratio`` the fraction of heads per attention block
-    (see :func:`heads_to_remove`) and/or of each hidden width (see :func:`kept_mlp_width`) to
-    remove; ``example`` a batch-1 input used to trace the dependency graph.
-    ``importance="taylor"`` ranks by ``|w · dL/dw|`` accumulated by a forward/backward
-    cross-entropy pass on each ``(x, y)`` of ``batches`` (required then).
+    ``method`` is one of :data:`METHODS`; ``depth`` the fraction of each block stack's blocks
+    to drop (see :func:`units_to_remove`), ranked by their influence on ``batches`` (required
+    then); ``ratio`` the fraction of heads per attention block (see :func:`units_to_remove`)
+    and/or of each hidden width (see :func:`kept_mlp_width`) to remove; ``example`` a batch-1
+    input used to trace the dependency graph. ``importance="taylor"`` ranks heads and widths by
+    ``|w · dL/dw|`` accumulated by a forward/backward cross-entropy pass on each ``(x, y)`` of
+    ``batches`` (required then).
 
     Heads are cut as the family's :class:`~optimizer.plugin_api.family.HeadSlices` say (the
     fused projection's rows, the output projection's columns, bias tables); hidden widths by
@@ -90,14 +114,22 @@ def prune_model(
         raise ValueError(f"prune.method must be one of {METHODS}, got {method!r}")
     if method == "none":
         return model
+    parts = set(method.split("+"))
     if importance not in IMPORTANCES:
         raise ValueError(f"prune.importance must be one of {IMPORTANCES}, got {importance!r}")
-    if not 0.0 < ratio < 1.0:
+    if parts - {"depth"} and not 0.0 < ratio < 1.0:
         raise ValueError(f"prune.ratio must be in (0, 1), got {ratio}")
+    if "depth" in parts and not 0.0 < depth < 1.0:
+        raise ValueError(f"prune.depth must be in (0, 1), got {depth}")
     model_name = label or type(model).__name__
+    batches = list(batches or ())  # read by the block ranking and by Taylor importance
+    if "depth" in parts:
+        _drop_blocks(model, family, method, depth, batches, model_name)
+        if parts == {"depth"}:
+            return model
     found = family.prunable(model)
-    want_heads = method in ("heads", "heads+mlp")
-    want_mlp = method in ("mlp", "heads+mlp")
+    want_heads = "heads" in parts
+    want_mlp = "mlp" in parts
     if want_heads and not found.heads:
         raise PruningUnsupported(
             f"{model_name}: prune.method={method!r} removes attention heads, but this "
@@ -108,7 +140,7 @@ def prune_model(
             f"{model_name}: prune.method={method!r} removes hidden channels, but this "
             f"{family.name} model has no MLP or conv block whose width it may narrow"
         )
-    heads = [h for h in found.heads if heads_to_remove(h.num_heads, ratio)] if want_heads else []
+    heads = [h for h in found.heads if units_to_remove(h.num_heads, ratio)] if want_heads else []
     if want_heads and not heads:
         raise PruningUnsupported(
             f"{model_name}: prune.method={method!r} but every attention block has a single "
@@ -143,7 +175,7 @@ def prune_model(
         if importance == "taylor":  # with the real forward, before anything is cut
             _accumulate_gradients(model, batches, model_name)
         for slices in heads:
-            _cut_heads(slices, heads_to_remove(slices.num_heads, ratio), importance)
+            _cut_heads(slices, units_to_remove(slices.num_heads, ratio), importance)
         if widths:
             _narrow(model, example, widths, importance)
     finally:
@@ -177,9 +209,78 @@ def prune_model(
     return model
 
 
+def _drop_blocks(
+    model: nn.Module,
+    family: ModelFamily,
+    method: str,
+    depth: float,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    model_name: str,
+) -> None:
+    """Replace the ``depth`` share of each block stack's blocks, the least influential
+    (:func:`block_influence` on ``batches``), by an ``nn.Identity``."""
+    stacks = list(family.prunable(model).blocks)
+    if not stacks:
+        raise PruningUnsupported(
+            f"{model_name}: prune.method={method!r} drops whole blocks, but this "
+            f"{family.name} model has no block stack its family lets a pruner drop"
+        )
+    live = [[i for i, b in enumerate(s) if not isinstance(b, nn.Identity)] for s in stacks]
+    if not any(units_to_remove(len(kept), depth) for kept in live):
+        raise PruningUnsupported(
+            f"{model_name}: prune.method={method!r} but every block stack has a single block "
+            "left, and a stack must keep one"
+        )
+    influence = block_influence(
+        model,
+        [stack[i] for stack, kept in zip(stacks, live, strict=True) for i in kept],
+        batches,
+        model_name,
+    )
+    for stack, kept in zip(stacks, live, strict=True):
+        ranked = sorted(kept, key=lambda i: influence[stack[i]])
+        for index in ranked[: units_to_remove(len(kept), depth)]:
+            stack[index] = nn.Identity()
+
+
+def block_influence(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    model_name: str,
+) -> dict[nn.Module, float]:
+    """Each of ``blocks``' mean ``1 - cos(input, output)`` over the tokens of ``batches``, each
+    batch weighing the same (the model run in eval mode, without gradients): how far it turns
+    what it is given."""
+    totals = dict.fromkeys(blocks, 0.0)
+    seen = 0
+
+    def measure(block: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        totals[block] += float((1.0 - F.cosine_similarity(args[0], output, dim=-1)).mean())
+
+    handles = [block.register_forward_hook(measure) for block in blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _y in batches:
+                model(x)
+                seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError(
+            f"{model_name}: a depth cut ranks blocks by their influence on training batches, "
+            "but the training loader yielded none"
+        )
+    return {block: total / seen for block, total in totals.items()}
+
+
 def _planned_width(slices: HeadSlices, ratio: float) -> int:
     """The output channels an attention block's fused projection ends with at ``ratio``."""
-    kept = slices.num_heads - heads_to_remove(slices.num_heads, ratio)
+    kept = slices.num_heads - units_to_remove(slices.num_heads, ratio)
     return kept * len(slices.output_rows(0))
 
 
@@ -337,35 +438,48 @@ def _accumulate_gradients(
 
 
 class TorchPruning:
-    """Structural pruning of attention heads and hidden widths by the rules of the model's
-    family (:mod:`optimizer.plugin_api.family`; torch-pruning's DepGraph for the widths)."""
+    """Structural pruning of whole blocks, attention heads and hidden widths by the rules of
+    the model's family (:mod:`optimizer.plugin_api.family`; torch-pruning's DepGraph for the
+    widths)."""
 
     name = "torch_pruning"
     stage = "prune"
     #: Preflight refuses a campaign whose model no family covers, before any trial.
     needs_model_family = True
 
-    def __init__(self, round_to: int = 8, taylor_batches: int = 4) -> None:
+    def __init__(self, round_to: int = 8, score_batches: int = 4) -> None:
         """``round_to``: kept MLP widths are multiples of it (GPU GEMM alignment; 1 disables).
-        ``taylor_batches``: training batches whose gradients rank channels for Taylor
-        importance (a few suffice: the ranking, not the values, matters)."""
+        ``score_batches``: training batches whose activations rank blocks for a depth cut and
+        whose gradients rank heads and channels for Taylor importance (a few suffice: the
+        ranking, not the values, matters)."""
         if round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {round_to}")
-        if taylor_batches < 1:
-            raise ValueError(f"taylor_batches must be >= 1, got {taylor_batches}")
+        if score_batches < 1:
+            raise ValueError(f"score_batches must be >= 1, got {score_batches}")
         self.round_to = round_to
-        self.taylor_batches = taylor_batches
+        self.score_batches = score_batches
 
     def search_space(self) -> Sequence[ParamSpec]:
-        """Method, ratio and importance; ratio and importance only matter when pruning."""
-        when = {"prune.method": list(_PRUNING_METHODS)}
+        """Method, depth, ratio and importance; depth only matters when a method drops blocks,
+        ratio and importance only when it cuts heads or widths."""
+        widths = {"prune.method": list(_WIDTH_METHODS)}
         return [
             ParamSpec(
                 "prune.method",
                 "categorical",
                 default="none",  # the baseline: nothing removed
                 choices=METHODS,
-                help="what to remove: attention heads, hidden channels, both, or nothing",
+                help="what to remove: whole blocks (depth), attention heads, hidden channels, "
+                "a combination, or nothing",
+            ),
+            ParamSpec(
+                "prune.depth",
+                "float",
+                default=0.25,
+                low=DEPTH_RANGE[0],
+                high=DEPTH_RANGE[1],
+                when={"prune.method": list(_DEPTH_METHODS)},
+                help="fraction of the blocks to drop whole, the least influential first",
             ),
             ParamSpec(
                 "prune.ratio",
@@ -373,7 +487,7 @@ class TorchPruning:
                 default=0.3,
                 low=RATIO_RANGE[0],
                 high=RATIO_RANGE[1],
-                when=when,
+                when=widths,
                 help="fraction of heads per block / of each hidden width to remove",
             ),
             ParamSpec(
@@ -381,7 +495,7 @@ class TorchPruning:
                 "categorical",
                 default="magnitude",
                 choices=IMPORTANCES,
-                when=when,
+                when=widths,
                 help="ranking: L2 weight magnitude, or first-order Taylor |w * dL/dw|",
             ),
         ]
@@ -394,6 +508,7 @@ class TorchPruning:
         if method == "none":
             return subject
         ratio = float(params["prune.ratio"])
+        depth = float(params["prune.depth"])
         importance = params["prune.importance"]
         if not isinstance(subject, nn.Module):
             raise PruningUnsupported(
@@ -408,11 +523,8 @@ class TorchPruning:
             )
         model = copy.deepcopy(subject)
         device = model_device(model)
-        batches = (
-            iter_batches(ctx.train_loader, self.taylor_batches, device)
-            if importance == "taylor"
-            else None
-        )
+        scored = importance == "taylor" or method in _DEPTH_METHODS
+        batches = iter_batches(ctx.train_loader, self.score_batches, device) if scored else None
         before = count_params(model)
         started = time.perf_counter()
         prune_model(
@@ -420,6 +532,7 @@ class TorchPruning:
             family,
             method=method,
             ratio=ratio,
+            depth=depth,
             example=example_input(ctx.input_shape, device),
             importance=importance,
             batches=batches,
@@ -428,8 +541,10 @@ class TorchPruning:
         )
         after = count_params(model)
         ctx.log.info(
-            "torch_pruning %s ratio=%.3f importance=%s: params %d -> %d (%.1f%%) in %.2fs",
+            "torch_pruning %s depth=%.3f ratio=%.3f importance=%s: params %d -> %d (%.1f%%) "
+            "in %.2fs",
             method,
+            depth,
             ratio,
             importance,
             before,

@@ -150,20 +150,31 @@ def test_the_pruner_stops_training_between_epochs(tmp_path: Path) -> None:
         KnowledgeDistillation().apply(_vit(), params, ctx)
 
 
+@pytest.mark.parametrize(("method", "matched"), [("heads+mlp", 4), ("depth+heads+mlp", 2)])
 def test_feature_distillation_lowers_the_block_error_of_a_pruned_student_and_exports(
-    tmp_path: Path,
+    method: str, matched: int, tmp_path: Path
 ) -> None:
-    """A student pruned to half its heads and MLP width matches the unpruned teacher's block
-    outputs better after fine-tuning with distill.features, and exports without its hooks."""
+    """A student pruned to half its heads and MLP width (and, by a depth cut, to one of its two
+    blocks) matches the unpruned teacher's block outputs better after fine-tuning with
+    distill.features, each kept block paired with the teacher's of its name, and exports
+    without its hooks."""
     teacher = _vit(depth=2)
     ctx = _context(tmp_path, teacher, [])
     ctx.model_name = "vit_tiny_patch16_224"
     ctx.model_family = plugin_registry(()).model_family(ctx.model_name)
-    cut = {"prune.method": "heads+mlp", "prune.ratio": 0.5, "prune.importance": "magnitude"}
+    cut = {
+        "prune.method": method,
+        "prune.ratio": 0.5,
+        "prune.importance": "magnitude",
+        "prune.depth": 0.5,
+    }
     student = TorchPruning(round_to=1).apply(teacher, cut, ctx)
-    assert student.blocks[0].attn.num_heads == 1 < teacher.blocks[0].attn.num_heads
-    pairs = (matched_blocks(ctx.model_family, student), matched_blocks(ctx.model_family, teacher))
-    assert len(pairs[0]) == len(pairs[1]) == 4  # 2 attention blocks, 2 MLPs
+    kept = next(b for b in student.blocks if not isinstance(b, torch.nn.Identity))
+    assert kept.attn.num_heads == 1 < teacher.blocks[0].attn.num_heads
+    pairs = matched_blocks(ctx.model_family, student, teacher)
+    assert len(pairs[0]) == len(pairs[1]) == matched  # per kept block: its attention, its MLP
+    names = {m: n for n, m in [*student.named_modules(), *teacher.named_modules()]}
+    assert [names[m] for m in pairs[0]] == [names[m] for m in pairs[1]]
 
     def block_error(model: torch.nn.Module) -> float:
         with block_outputs(pairs[0]) as mine, block_outputs(pairs[1]) as theirs:

@@ -291,6 +291,26 @@ def test_the_built_in_families_pass_the_conformance_check(name: str, tmp_path: P
     size, expected, methods = MODELS[name]
     found = check_family(expected, name, tmp_path, image_size=size)
     assert bool(found.heads) == ("heads" in methods)
+    assert bool(found.blocks) == (expected == "vit")  # only a plain ViT's blocks drop whole
+
+
+def test_the_conformance_check_refuses_a_block_stack_that_changes_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swin's stages downsample: listed as a stack to drop blocks from, the check refuses them."""
+    from dataclasses import replace
+
+    from optimizer.plugin_testing import check_family
+
+    swin = family("swin_tiny_patch4_window7_224")
+    declared = type(swin).prunable
+    monkeypatch.setattr(
+        type(swin),
+        "prunable",
+        lambda self, model: replace(declared(self, model), blocks=[model.layers]),
+    )
+    with pytest.raises(AssertionError, match="swin: a stack's block maps"):
+        check_family("swin", "swin_tiny_patch4_window7_224", tmp_path, image_size=64)
 
 
 def test_a_segmentation_campaign_loads_a_teacher_of_another_family(tmp_path: Path) -> None:

@@ -415,7 +415,9 @@ def test_vitopt_plugins_lists_the_built_ins_as_json() -> None:
         0.7,
         0.3,
     )
-    assert ratio["when"] == {"prune.method": ["heads", "mlp", "heads+mlp"]}
+    assert ratio["when"] == {
+        "prune.method": ["heads", "mlp", "heads+mlp", "depth+mlp", "depth+heads+mlp"]
+    }
     assert listing["errors"] == []
 
 

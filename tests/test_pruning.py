@@ -32,9 +32,9 @@ from plugins.pruning import (
     METHODS,
     PruningUnsupported,
     TorchPruning,
-    heads_to_remove,
     kept_mlp_width,
     prune_model,
+    units_to_remove,
     vitopt_register_techniques,
 )
 
@@ -79,8 +79,15 @@ def make_ctx(tmp_path: Path, train_loader: object = (), family: object = VIT) ->
     )
 
 
-def params(method: str, ratio: float = 0.5, importance: str = "magnitude") -> dict[str, object]:
-    return {"prune.method": method, "prune.ratio": ratio, "prune.importance": importance}
+def params(
+    method: str, ratio: float = 0.5, importance: str = "magnitude", depth: float = 0.25
+) -> dict[str, object]:
+    return {
+        "prune.method": method,
+        "prune.ratio": ratio,
+        "prune.importance": importance,
+        "prune.depth": depth,
+    }
 
 
 def heads(model: nn.Module) -> list[int]:
@@ -111,16 +118,23 @@ def test_registered_and_search_space_valid() -> None:
     assert isinstance(technique, Technique)
     assert (technique.name, technique.stage, technique.round_to) == ("torch_pruning", "prune", 8)
     specs = {spec.name: spec for spec in technique.search_space()}
-    assert list(specs) == ["prune.method", "prune.ratio", "prune.importance"]
+    assert list(specs) == ["prune.method", "prune.depth", "prune.ratio", "prune.importance"]
     for spec in specs.values():
         spec.validate()
     assert specs["prune.method"].choices == METHODS
     assert specs["prune.method"].default == "none"  # the baseline prunes nothing
     assert (specs["prune.ratio"].low, specs["prune.ratio"].high) == (0.1, 0.7)
     assert specs["prune.ratio"].default == 0.3
+    assert (specs["prune.depth"].low, specs["prune.depth"].high) == (0.1, 0.5)
     assert specs["prune.importance"].choices == ("magnitude", "taylor")
+    widths = ["depth+heads+mlp", "depth+mlp", "heads", "heads+mlp", "mlp"]
     for name in ("prune.ratio", "prune.importance"):
-        assert sorted(specs[name].when["prune.method"]) == ["heads", "heads+mlp", "mlp"]
+        assert sorted(specs[name].when["prune.method"]) == widths
+    assert sorted(specs["prune.depth"].when["prune.method"]) == [
+        "depth",
+        "depth+heads+mlp",
+        "depth+mlp",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -212,7 +226,7 @@ def test_taylor_importance_with_digits(tmp_path: Path, digits_loader: DataLoader
         param.requires_grad_(False)
     model.train()
     before = count_params(model)
-    technique = TorchPruning(taylor_batches=2)
+    technique = TorchPruning(score_batches=2)
 
     pruned = technique.apply(
         model, params("heads+mlp", 0.5, "taylor"), make_ctx(tmp_path, digits_loader)
@@ -248,9 +262,10 @@ def test_round_to_is_honoured(tmp_path: Path) -> None:
 
 
 def test_width_and_head_rules() -> None:
-    assert [heads_to_remove(3, r) for r in (0.1, 0.3, 0.5, 0.7)] == [1, 1, 2, 2]  # keeps >= 1
-    assert [heads_to_remove(12, r) for r in (0.1, 0.3, 0.5, 0.7)] == [1, 4, 6, 8]
-    assert heads_to_remove(1, 0.7) == 0
+    assert [units_to_remove(3, r) for r in (0.1, 0.3, 0.5, 0.7)] == [1, 1, 2, 2]  # keeps >= 1
+    assert [units_to_remove(12, r) for r in (0.1, 0.3, 0.5, 0.7)] == [1, 4, 6, 8]
+    assert units_to_remove(1, 0.7) == 0
+    assert [units_to_remove(12, r) for r in (0.1, 0.25, 0.5)] == [1, 3, 6]  # blocks of a stack
     assert kept_mlp_width(768, 0.3, 8) == 536
     assert kept_mlp_width(1536, 0.5, 8) == 768
     assert kept_mlp_width(20, 0.7, 8) == 8  # never below one multiple
@@ -269,6 +284,8 @@ def test_a_model_no_family_covers_is_refused(tmp_path: Path) -> None:
         prune_model(resnet, VIT, method="heads", ratio=0.5, example=torch.randn(1, *INPUT))
     with pytest.raises(PruningUnsupported, match=r"ResNet: .*no MLP or conv block"):
         prune_model(resnet, VIT, method="mlp", ratio=0.5, example=torch.randn(1, *INPUT))
+    with pytest.raises(PruningUnsupported, match=r"ResNet: .*drops whole blocks.*no block stack"):
+        prune_model(resnet, VIT, method="depth", depth=0.5, example=torch.randn(1, *INPUT))
     assert issubclass(PruningUnsupported, ValueError)
     # "none" is a no-op whatever the model.
     assert TorchPruning().apply(resnet, params("none"), make_ctx(tmp_path, family=None)) is resnet
@@ -340,3 +357,61 @@ def test_iter_batches_limits_and_moves() -> None:
     assert len(got) == 3 and all(x.shape == (2, 3) for x, _ in got)
     with pytest.raises(TypeError):
         list(iter_batches([torch.zeros(2)], 1))
+
+
+def test_depth_drops_the_least_influential_blocks_and_exports(
+    tmp_path: Path, digits_loader: DataLoader
+) -> None:
+    """Of 4 blocks, the one whose residual branches output nothing (it passes its input on) is
+    the one a 0.25 depth cut drops: the model computes what it did, exports and matches."""
+    model = tiny(depth=4)
+    with torch.no_grad():
+        for layer in (model.blocks[2].attn.proj, model.blocks[2].mlp.fc2):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    x = torch.randn(2, *INPUT)
+    with torch.no_grad():
+        want = model(x)
+    kept = [model.blocks[i] for i in (0, 1, 3)]
+
+    pruned = TorchPruning().apply(
+        model, params("depth", depth=0.25), make_ctx(tmp_path, digits_loader)
+    )
+
+    assert isinstance(pruned.blocks[2], nn.Identity)
+    assert [type(b).__name__ for b in pruned.blocks] == ["Block", "Block", "Identity", "Block"]
+    names = {name for name, _ in pruned.named_parameters()}
+    assert "blocks.3.attn.qkv.weight" in names and not any(n.startswith("blocks.2.") for n in names)
+    assert count_macs(pruned, INPUT) < 0.8 * count_macs(model, INPUT)
+    for block, original in zip([pruned.blocks[i] for i in (0, 1, 3)], kept, strict=True):
+        torch.testing.assert_close(block.attn.qkv.weight, original.attn.qkv.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), want, atol=1e-5, rtol=1e-5)
+    assert_onnx_matches(pruned, tmp_path / "depth.onnx")
+    # Deeper cuts drop more, never the whole stack.
+    deep = TorchPruning().apply(
+        model, params("depth", depth=0.5), make_ctx(tmp_path, digits_loader)
+    )
+    assert sum(isinstance(b, nn.Identity) for b in deep.blocks) == 2
+    with pytest.raises(PruningUnsupported, match="single block"):
+        TorchPruning().apply(tiny(depth=1), params("depth"), make_ctx(tmp_path, digits_loader))
+    with pytest.raises(ValueError, match="influence on training batches"):
+        TorchPruning().apply(tiny(), params("depth", depth=0.5), make_ctx(tmp_path, []))
+    with pytest.raises(ValueError, match=r"prune\.depth"):
+        prune_model(tiny(), VIT, method="depth", depth=1.0, example=x[:1])
+
+
+def test_depth_with_heads_and_widths_cuts_the_kept_blocks(
+    tmp_path: Path, digits_loader: DataLoader
+) -> None:
+    model = tiny("deit_tiny_patch16_224", depth=4)
+    pruned = TorchPruning().apply(
+        model,
+        params("depth+heads+mlp", 0.5, "taylor", depth=0.25),
+        make_ctx(tmp_path, digits_loader),
+    )
+    assert sum(isinstance(b, nn.Identity) for b in pruned.blocks) == 1
+    assert heads(pruned) == [1] * 3 and mlp_widths(pruned) == [384] * 3
+    widths_only = TorchPruning().apply(model, params("heads+mlp", 0.5), make_ctx(tmp_path))
+    assert count_macs(pruned, INPUT) < 0.8 * count_macs(widths_only, INPUT)
+    assert_onnx_matches(pruned, tmp_path / "both.onnx")

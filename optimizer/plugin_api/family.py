@@ -2,9 +2,10 @@
 EfficientFormer, LeViT are built in) that says three things about its models:
 
 - **what a structural pruner may remove** (:meth:`ModelFamily.prunable`): each attention
-  block's heads, as the slices of its tensors each head owns (:class:`HeadSlices`), and the
+  block's heads, as the slices of its tensors each head owns (:class:`HeadSlices`), the
   hidden widths of its MLPs and convs (:class:`ChannelGroup`), which torch-pruning's dependency
-  graph narrows with every layer coupled to them. The widths *between* blocks (a ViT's
+  graph narrows with every layer coupled to them, and the stacks of residual blocks any of
+  which may be dropped whole (:attr:`Prunable.blocks`). The widths *between* blocks (a ViT's
   embedding dimension, a hierarchical model's stage widths) are never listed: pruning them
   couples every block into one group and costs far more accuracy per MAC;
 - **which features feed a decode head** (:meth:`ModelFamily.features`): NCHW maps, finest first;
@@ -70,11 +71,18 @@ class ChannelGroup:
 @dataclass(frozen=True)
 class Prunable:
     """What :meth:`ModelFamily.prunable` finds in one model. ``no_heads`` says why there are no
-    heads to remove when ``heads`` is empty (one line, shown to the user)."""
+    heads to remove when ``heads`` is empty (one line, shown to the user).
+
+    ``blocks`` lists stacks of residual blocks (``nn.Sequential``; a ViT's ``blocks``) whose
+    every block maps its input, a ``(batch, tokens, channels)`` sequence, to one of the same
+    shape, so that any of them can be dropped whole: a depth cut replaces it by an
+    ``nn.Identity`` in place (the kept blocks keep their names, by which feature KD pairs
+    them with the teacher's). The heads and widths listed are those of blocks still there."""
 
     heads: Sequence[HeadSlices] = ()
     channels: Sequence[ChannelGroup] = ()
     no_heads: str = "it has no attention block this family prunes"
+    blocks: Sequence[nn.Sequential] = ()
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
 """ViT and DeiT (timm ``VisionTransformer``): heads of every ``Attention``, hidden widths of every
-``Mlp``; a decode head takes the token maps of evenly spaced blocks."""
+``Mlp``, whole blocks of its ``blocks`` stack; a decode head takes the token maps of evenly
+spaced blocks."""
 
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ class VisionTransformerFamily(ModelFamilyBase):
 
     def prunable(self, model: nn.Module) -> Prunable:
         from timm.layers import Mlp
+        from timm.models.vision_transformer import VisionTransformer
 
         heads, no_heads = attention_heads(model)
-        return Prunable(heads, hidden_widths(model, [Mlp], "fc1"), no_heads)
+        stacks = [vit.blocks for vit in instances(model, VisionTransformer)]
+        return Prunable(heads, hidden_widths(model, [Mlp], "fc1"), no_heads, stacks)
 
     def features(self, backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         """The token maps (prefix tokens dropped) of :func:`level_indices`' blocks, the last

@@ -500,6 +500,24 @@ class TorchPruning:
             ),
         ]
 
+    def model_choices(self, model: Any, ctx: StageContext) -> dict[str, list[str]]:
+        """The methods the model's family finds something to remove for: blocks to drop (a
+        stack of two or more), heads to cut (a block with two or more), widths to narrow."""
+        family = ctx.model_family
+        if family is None or not isinstance(model, nn.Module):
+            return {}
+        found = family.prunable(model)
+        can = {
+            "depth": any(len(stack) > 1 for stack in found.blocks),
+            "heads": any(slices.num_heads > 1 for slices in found.heads),
+            "mlp": bool(found.channels),
+        }
+        return {
+            "prune.method": [
+                m for m in METHODS if m == "none" or all(can[part] for part in m.split("+"))
+            ]
+        }
+
     def apply(self, subject: Any, params: Mapping[str, Any], ctx: StageContext) -> nn.Module:
         """Return a pruned **copy** of ``subject`` (the caller's model is left intact, so a
         baseline or teacher held elsewhere is unaffected); ``prune.method="none"`` returns

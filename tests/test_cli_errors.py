@@ -87,6 +87,28 @@ def test_a_broken_campaign_is_one_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign.yaml"]
 
 
+def test_a_method_the_model_cannot_take_is_refused_before_any_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-block ViT has no block to drop: the search space, built after the agent answers
+    (its choices are the device's too), refuses a campaign fixed to a depth cut in one line."""
+    monkeypatch.chdir(tmp_path)
+    campaign = {
+        **TINY,
+        "model": {**TINY["model"], "kwargs": {**TINY["model"]["kwargs"], "depth": 1}},
+        "search": {**TINY["search"], "space": {"prune.method": {"fixed": "depth"}}},
+    }
+    Path("campaign.yaml").write_text(yaml.safe_dump(campaign))
+    result = CliRunner().invoke(main, ["run", "campaign.yaml", "--workers", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: campaign.yaml: search.space.prune.method: fixed to depth, which the model "
+        "cannot take (the model takes none, heads, mlp, heads+mlp)"
+    )
+    study = optuna.load_study(study_name=None, storage="sqlite:///runs/tiny/study.db")
+    assert study.trials == []
+
+
 READERS = {
     "status": [],
     "report": ["--out", "review"],

@@ -9,6 +9,7 @@ import copy
 import functools
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from optimizer.plugin_testing import stage_context
 from optimizer.trial.export import NANO_MAX_OPSET, export_onnx
 from optimizer.trial.nano_ops import TENSORRT_8_2_OPS, unsupported_ops
 from plugins.distillation import KnowledgeDistillation
-from plugins.pruning import PruningUnsupported, prune_model
+from plugins.pruning import METHODS, PruningUnsupported, TorchPruning, prune_model
 from plugins.quantization import METHOD_PARAM, PRECISION_PARAM, Int8Quantization
 from plugins.segmentation import build_segmentation_model
 
@@ -292,6 +293,14 @@ def test_the_built_in_families_pass_the_conformance_check(name: str, tmp_path: P
     found = check_family(expected, name, tmp_path, image_size=size)
     assert bool(found.heads) == ("heads" in methods)
     assert bool(found.blocks) == (expected == "vit")  # only a plain ViT's blocks drop whole
+    # The search space offers what the family finds something to remove for.
+    model = build(name)
+    ctx = SimpleNamespace(model_family=family(name))
+    offered = TorchPruning().model_choices(model, ctx)["prune.method"]
+    widths = [m for m in METHODS if m != "none" and "depth" not in m]
+    assert offered == ["none", *(m for m in widths if m in methods)] + (
+        ["depth", "depth+mlp", "depth+heads+mlp"] if expected == "vit" else []
+    )
 
 
 def test_the_conformance_check_refuses_a_block_stack_that_changes_shape(

@@ -52,6 +52,19 @@ def test_no_offered_choice_is_an_error() -> None:
         build_search_space(DECLARED, fixed, CPU_PRECISIONS)
 
 
+def test_choices_the_model_cannot_take_are_removed_with_a_note() -> None:
+    allowed = {"quantize.precision": ["fp32", "fp16"]}
+    space = build_search_space(DECLARED, {}, CPU_PRECISIONS, allowed=allowed)
+    assert space.notes == (
+        "quantize.precision: removed fp16 (the device runs fp32, int8)",
+        "quantize.precision: removed int8 (the model takes fp32, fp16)",
+    )
+    assert {p["quantize.precision"] for p in _sample_many(space)} == {"fp32"}
+    fixed = {"quantize.precision": ParamOverride(fixed="int8")}
+    with pytest.raises(CampaignError, match="fixed to int8, which the model cannot take"):
+        build_search_space(DECLARED, fixed, allowed=allowed)
+
+
 def _builtin_space(device_info: dict, overrides: dict | None = None) -> SearchSpace:
     techniques = [r.technique for r in collect_techniques(build_plugin_manager())]
     declared = [spec for t in techniques for spec in t.search_space()]

@@ -65,8 +65,14 @@ from optimizer.plugin_api.task import scores_outputs
 from optimizer.plugin_host.registry import Registry, plugin_registry
 from optimizer.trial.baseline import convergence_path, prepare_baseline
 from optimizer.trial.outcome import UNUSED_PARAMS_ATTR, TrialOutcome, TrialRequest
-from optimizer.trial.pipeline import check_defaults, check_preflight, load_splits
-from optimizer.trial.stages import DefaultsChangeTheModel, TechniqueFailed, TechniqueRefuses
+from optimizer.trial.pipeline import check_defaults, load_splits, preflight_subject
+from optimizer.trial.stages import (
+    DefaultsChangeTheModel,
+    TechniqueFailed,
+    TechniqueRefuses,
+    model_choices,
+    preflight_techniques,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -239,19 +245,25 @@ def prepare(campaign: Campaign, console: Console, endpoint: Endpoint) -> Setup:
     registry = preflight(campaign)
     declared = registry.declared()
     offered = offered_choices([entry.technique for entry in registry.techniques], info)
-    space = build_search_space(
-        declared, campaign.search.space, offered, str(campaign.source or "campaign")
-    )
-    for note in space.notes:
-        console.print(f"[yellow]search space:[/] {note}")
+    with tempfile.TemporaryDirectory(prefix="vitopt-preflight-") as work:
+        model, ctx = preflight_subject(campaign, registry, info, Path(work))
+        try:
+            allowed = model_choices(registry.techniques, model, ctx)
+            space = build_search_space(
+                declared,
+                campaign.search.space,
+                offered,
+                str(campaign.source or "campaign"),
+                allowed,
+            )
+            for note in space.notes:
+                console.print(f"[yellow]search space:[/] {note}")
+            preflight_techniques(registry.techniques, model, space.possible, ctx)
+        except (TechniqueFailed, TechniqueRefuses) as exc:
+            raise CampaignFailed(str(exc)) from exc
     place, note = evaluation_place(campaign, info, registry.task(campaign.task.name))
     if note is not None:
         console.print(f"[yellow]evaluation:[/] {note}")
-    with tempfile.TemporaryDirectory(prefix="vitopt-preflight-") as work:
-        try:
-            check_preflight(campaign, registry, info, space.possible, Path(work))
-        except (TechniqueFailed, TechniqueRefuses) as exc:
-            raise CampaignFailed(str(exc)) from exc
     splits = load_splits(campaign)
     with baseline_training_bar(console, campaign.model.train.epochs) as on_epoch:
         checkpoint, trained = prepare_baseline(campaign, splits, on_epoch)

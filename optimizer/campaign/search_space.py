@@ -110,9 +110,11 @@ def build_search_space(
     overrides: Mapping[str, ParamOverride],
     offered: Mapping[str, Sequence[Any]] | None = None,
     source: str = "campaign",
+    allowed: Mapping[str, Sequence[Any]] | None = None,
 ) -> SearchSpace:
     """Apply the campaign's overrides, then drop the choices the device does not offer
-    (``offered``: :func:`offered_choices`)."""
+    (``offered``: :func:`offered_choices`) and those the model cannot take (``allowed``:
+    each technique's optional ``model_choices``)."""
     by_name = {spec.name: spec for spec in declared}
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:
@@ -131,29 +133,44 @@ def build_search_space(
         if override is not None:
             spec = _override(spec, override, where)
         if offered and spec.name in offered:
-            spec = _fit_device(spec, fixed, offered[spec.name], notes, where)
+            spec = _fit(spec, fixed, offered[spec.name], notes, where, _DEVICE)
+        if allowed and spec.name in allowed:
+            spec = _fit(spec, fixed, allowed[spec.name], notes, where, _MODEL)
         params.append(spec)
     baseline = {spec.name: spec.default for spec in declared}
     return SearchSpace(tuple(params), fixed, baseline, tuple(notes))
 
 
-def _fit_device(
+@dataclass(frozen=True)
+class _Limit:
+    """Who limits a parameter's choices, as the messages say it."""
+
+    cannot: str  # "which {cannot} (...)"
+    none: str  # "none of the choices {none} (...)"
+    takes: str  # "({takes} ...)"
+
+
+_DEVICE = _Limit("the device cannot run", "can run on the device", "the device runs")
+_MODEL = _Limit("the model cannot take", "suits the model", "the model takes")
+
+
+def _fit(
     spec: ParamSpec,
     fixed: Mapping[str, Any],
-    device: Sequence[Any],
+    possible: Sequence[Any],
     notes: list[str],
     where: str,
+    limit: _Limit,
 ) -> ParamSpec:
-    runs = ", ".join(map(str, device)) or "none of them"
-    if spec.name in fixed and fixed[spec.name] not in device:
-        raise CampaignError(
-            f"{where}: fixed to {fixed[spec.name]}, which the device cannot run (it runs {runs})"
-        )
-    kept = tuple(c for c in spec.choices or () if c in device)
-    dropped = [str(c) for c in spec.choices or () if c not in device]
+    runs = ", ".join(map(str, possible)) or "none of them"
+    takes = f"{limit.takes} {runs}"
+    if spec.name in fixed and fixed[spec.name] not in possible:
+        raise CampaignError(f"{where}: fixed to {fixed[spec.name]}, which {limit.cannot} ({takes})")
+    kept = tuple(c for c in spec.choices or () if c in possible)
+    dropped = [str(c) for c in spec.choices or () if c not in possible]
     if not kept:
-        raise CampaignError(f"{where}: none of the choices can run on the device (it runs {runs})")
+        raise CampaignError(f"{where}: none of the choices {limit.none} ({takes})")
     if dropped:
-        notes.append(f"{spec.name}: removed {', '.join(dropped)} (the device runs {runs})")
+        notes.append(f"{spec.name}: removed {', '.join(dropped)} ({takes})")
     default = spec.default if spec.default in kept else kept[0]
     return replace(spec, choices=kept, default=default)

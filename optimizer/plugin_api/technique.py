@@ -252,6 +252,10 @@ class Technique(Protocol):
     the target agent's ``GET /v1/info``: the choices of this technique's categorical parameters
     that the device offers (the built-in quantizer: the precisions it runs, the int8 recipes
     its runtime accelerates). The search space keeps only those.
+    ``model_choices(model, ctx) -> {parameter: [choices]}``, called once in the driver on the
+    campaign's model (untrained) and ``ctx`` as a trial gets it: the choices that this model
+    can take (the built-in pruner: the methods its family finds something to remove for). The
+    search space keeps only those, with a note, so that no trial is spent on one that fails.
     ``preflight(model, values, ctx)``, called once in the driver before the baseline is
     trained, on the campaign's model (untrained: check its architecture, not its weights),
     with ``values`` ``{parameter: possible values}`` for this technique's parameters in this

@@ -54,7 +54,6 @@ from optimizer.trial.stages import (
     apply_technique,
     check_leaves_unchanged,
     fingerprint,
-    preflight_techniques,
 )
 
 
@@ -144,19 +143,15 @@ def check_defaults(
     check_leaves_unchanged(registry.techniques, model, defaults, ctx, work)
 
 
-def check_preflight(
-    campaign: Campaign,
-    registry: Registry,
-    device_info: dict[str, Any],
-    possible: Callable[[str], tuple[Any, ...]],
-    work: Path,
-) -> None:
-    """Each technique's optional ``preflight`` with the values its parameters can take in this
-    campaign (``possible(name)``: :func:`~optimizer.trial.stages.preflight_techniques`), on
-    the campaign's model *before* its baseline is trained: what a preflight checks (feature KD
-    pairing the student's blocks with the teacher's) is the architecture, and a campaign every
-    trial of which would fail should not first spend the baseline's training. The teacher is
-    the one the campaign names, or else this same untrained model."""
+def preflight_subject(
+    campaign: Campaign, registry: Registry, device_info: dict[str, Any], work: Path
+) -> tuple[torch.nn.Module, StageContext]:
+    """The model and context each technique's optional ``model_choices`` and ``preflight``
+    (:mod:`optimizer.trial.stages`) are called with: the campaign's model *before* its
+    baseline is trained, since what they check (which pruning methods find something to
+    remove, feature KD pairing the student's blocks with the teacher's) is the architecture,
+    and a campaign every trial of which would fail should not first spend the baseline's
+    training. The teacher is the one the campaign names, or else this same untrained model."""
     splits = load_splits(campaign)
     torch.manual_seed(campaign.search.seed)
     model = build_model(campaign, campaign.model, splits.num_classes).eval()
@@ -173,7 +168,7 @@ def check_preflight(
     )
     if campaign.teacher.name is None:  # the baseline, whose architecture this is
         ctx = dataclasses.replace(ctx, load_teacher=lambda: copy.deepcopy(model))
-    preflight_techniques(registry.techniques, model, possible, ctx)
+    return model, ctx
 
 
 class _Measurer:

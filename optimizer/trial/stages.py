@@ -2,7 +2,8 @@
 technique and its plugin, and the default rule (at its declared defaults a technique leaves the
 model as it is), which the campaign checks on its baseline before the first trial and
 :mod:`optimizer.plugin_testing` checks on a plugin's own tests; and each technique's optional
-``preflight``, where it refuses a campaign its trials would all fail on."""
+``model_choices``, the choices the campaign's model can take, and ``preflight``, where it
+refuses a campaign its trials would all fail on."""
 
 from __future__ import annotations
 
@@ -65,6 +66,26 @@ def fingerprint(model: torch.nn.Module) -> str:
 class TechniqueRefuses(Exception):
     """A technique's ``preflight`` refused the campaign before its first trial: a setting its
     trials would all fail on (the message names the technique and the reason)."""
+
+
+def model_choices(
+    entries: Iterable[RegisteredTechnique], model: torch.nn.Module, ctx: StageContext
+) -> dict[str, tuple[Any, ...]]:
+    """``{parameter: choices}`` the campaign's ``model`` can take, from each technique's
+    optional ``model_choices(model, ctx)`` (a bug in one is :class:`TechniqueFailed`)."""
+    allowed: dict[str, tuple[Any, ...]] = {}
+    for entry in entries:
+        method = getattr(entry.technique, "model_choices", None)
+        if method is None:
+            continue
+        try:
+            choices = method(model, ctx)
+        except Exception as exc:
+            raise TechniqueFailed(
+                f"{describe(entry)} failed in model_choices: {type(exc).__name__}: {exc}"
+            ) from exc
+        allowed.update({name: tuple(values) for name, values in choices.items()})
+    return allowed
 
 
 def preflight_techniques(

@@ -36,7 +36,7 @@ from optimizer.trial.baseline import load_model, prepare_baseline
 from optimizer.trial.export import export_onnx
 from optimizer.trial.pipeline import load_splits, trial_context
 from plugins.distillation import KnowledgeDistillation
-from plugins.pruning import TorchPruning
+from plugins.pruning import TorchPruning, removes
 
 VARIANTS = {
     "ce": {"distill.enabled": False},
@@ -87,7 +87,7 @@ def main() -> None:
         baseline = load_model(campaign, splits.num_classes, checkpoint)
         base_score = score(baseline, "baseline")
         base_macs = count_macs(baseline, (1, *splits.input_shape))
-        depths = args.depths if "depth" in args.method.split("+") else [None]
+        depths = args.depths if "depth" in removes(args.method) else [None]
         for ratio, depth, epochs, variant in itertools.product(
             args.ratios, depths, args.epochs, args.variants
         ):

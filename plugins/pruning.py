@@ -58,8 +58,15 @@ METHODS: tuple[str, ...] = (
 IMPORTANCES: tuple[str, ...] = ("magnitude", "taylor")
 RATIO_RANGE: tuple[float, float] = (0.1, 0.7)
 DEPTH_RANGE: tuple[float, float] = (0.1, 0.5)
-_WIDTH_METHODS = tuple(m for m in METHODS if {"heads", "mlp"} & set(m.split("+")))
-_DEPTH_METHODS = tuple(m for m in METHODS if "depth" in m.split("+"))
+
+
+def removes(method: str) -> frozenset[str]:
+    """What ``method`` removes: the parts of its name (``depth``, ``heads``, ``mlp``)."""
+    return frozenset(method.split("+")) - {"none"}
+
+
+_WIDTH_METHODS = tuple(m for m in METHODS if removes(m) & {"heads", "mlp"})
+_DEPTH_METHODS = tuple(m for m in METHODS if "depth" in removes(m))
 
 
 def units_to_remove(count: int, ratio: float) -> int:
@@ -114,7 +121,7 @@ def prune_model(
         raise ValueError(f"prune.method must be one of {METHODS}, got {method!r}")
     if method == "none":
         return model
-    parts = set(method.split("+"))
+    parts = removes(method)
     if importance not in IMPORTANCES:
         raise ValueError(f"prune.importance must be one of {IMPORTANCES}, got {importance!r}")
     if parts - {"depth"} and not 0.0 < ratio < 1.0:
@@ -218,20 +225,20 @@ def _drop_blocks(
     model_name: str,
 ) -> None:
     """Replace the ``depth`` share of each block stack's blocks, the least influential
-    (:func:`block_influence` on ``batches``), by an ``nn.Identity``."""
+    (:func:`_block_influence` on ``batches``), by an ``nn.Identity``."""
     stacks = list(family.prunable(model).blocks)
     if not stacks:
         raise PruningUnsupported(
             f"{model_name}: prune.method={method!r} drops whole blocks, but this "
             f"{family.name} model has no block stack its family lets a pruner drop"
         )
-    live = [[i for i, b in enumerate(s) if not isinstance(b, nn.Identity)] for s in stacks]
+    live = [_live_blocks(stack) for stack in stacks]
     if not any(units_to_remove(len(kept), depth) for kept in live):
         raise PruningUnsupported(
             f"{model_name}: prune.method={method!r} but every block stack has a single block "
             "left, and a stack must keep one"
         )
-    influence = block_influence(
+    influence = _block_influence(
         model,
         [stack[i] for stack, kept in zip(stacks, live, strict=True) for i in kept],
         batches,
@@ -243,7 +250,12 @@ def _drop_blocks(
             stack[index] = nn.Identity()
 
 
-def block_influence(
+def _live_blocks(stack: nn.Sequential) -> list[int]:
+    """The indices of the blocks of ``stack`` a depth cut has not dropped yet."""
+    return [i for i, block in enumerate(stack) if not isinstance(block, nn.Identity)]
+
+
+def _block_influence(
     model: nn.Module,
     blocks: Sequence[nn.Module],
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -508,15 +520,11 @@ class TorchPruning:
             return {}
         found = family.prunable(model)
         can = {
-            "depth": any(len(stack) > 1 for stack in found.blocks),
+            "depth": any(len(_live_blocks(stack)) > 1 for stack in found.blocks),
             "heads": any(slices.num_heads > 1 for slices in found.heads),
             "mlp": bool(found.channels),
         }
-        return {
-            "prune.method": [
-                m for m in METHODS if m == "none" or all(can[part] for part in m.split("+"))
-            ]
-        }
+        return {"prune.method": [m for m in METHODS if all(can[part] for part in removes(m))]}
 
     def apply(self, subject: Any, params: Mapping[str, Any], ctx: StageContext) -> nn.Module:
         """Return a pruned **copy** of ``subject`` (the caller's model is left intact, so a
